@@ -1,0 +1,313 @@
+"""Typed recipes: YAML in, frozen dataclasses out, every error naming the key and the file.
+
+A recipe is one YAML file in ``configs/``. ``load_config(path, overrides)`` reads it,
+applies ``a.b=value`` overrides, and converts it into :class:`RecipeConfig`. Unknown keys,
+wrong types and missing required values raise :class:`ConfigError` naming ``file:key``.
+Sections a job does not use may be left out; each has defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe is invalid; the message names the file and the dotted key."""
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """One encoder tower: a registered tower ``name`` and the keyword arguments of its class."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A retrieval model: a registered architecture plus its parts, each chosen by name."""
+
+    name: str = "dual_encoder"
+    image_tower: TowerConfig = field(
+        default_factory=lambda: TowerConfig("open_clip", {"model_name": "rsir-tiny"})
+    )
+    text_tower: TowerConfig = field(
+        default_factory=lambda: TowerConfig("open_clip", {"model_name": "rsir-tiny"})
+    )
+    # How the two dates of a pair become one vector (``gff_sub``, ``gff_concat``, ``tff``...).
+    fusion: str = "gff_sub"
+    fusion_options: dict[str, Any] = field(default_factory=dict)
+    head: str = "ffn"
+    head_options: dict[str, Any] = field(default_factory=dict)
+    embed_dim: int = 128
+    checkpoint: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "infonce"
+    # Image->text and text->image weights (λ1, λ2 of the multilanguage paper).
+    lambda_i2t: float = 0.5
+    lambda_t2i: float = 0.5
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+    global_batch: bool = False
+    margin: float = 0.2
+    hardest_negative: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where shards live and how rows become batches."""
+
+    shards: str = "out/demo/shards"
+    # ``single`` (image + caption) or ``pair`` (two dates + change caption).
+    task: Literal["single", "pair"] = "single"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    image_size: int = 64
+    bands: list[str] = field(default_factory=lambda: ["R", "G", "B"])
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    # Caption language: one language, or ``random`` to draw one per sample per epoch.
+    language: str = "en"
+    augment: bool = True
+    random_crop_scale: float = 0.9
+    hflip: bool = True
+    vflip: bool = True
+    color_jitter: float = 0.0
+    # LEVIR-CC rule of the time-series paper: fraction of no-change pairs kept in training.
+    no_change_keep_fraction: float = 1.0
+    batch_size: int = 64
+    prefetch_batches: int = 2
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    # ``constant``, ``step`` (milestones × gamma), ``cosine`` (with warm-up).
+    schedule: Literal["constant", "step", "cosine"] = "constant"
+    milestones: list[int] = field(default_factory=list)
+    step_every: int = 0
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    grad_clip_norm: float | None = None
+    grad_accum_steps: int = 1
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    seed: int = 0
+    # ``bf16`` autocast applies only on CUDA; CPU runs stay in fp32.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    max_failures: int = 2
+    keep_checkpoints: int = 2
+    run_dir: str = "runs"
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    batch_size: int = 256
+    rerank: bool = False
+    rerank_k: int = 25
+    w_c1: float = 0.5
+    w_c2: float = 1.25
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The generated world the demo trains and evaluates on."""
+
+    n_scenes: int = 3000
+    n_pairs: int = 3000
+    seed: int = 0
+    image_size: int = 64
+    val_fraction: float = 0.1
+    test_fraction: float = 0.25
+    # `rsir train` generates the world into the parent of `data.shards` when it is missing.
+    generate_if_missing: bool = False
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    name: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# Conversion
+# ---------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` to type ``tp`` or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return origin(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}: unknown key (valid keys of {cls.__name__}: "
+            f"{', '.join(sorted(fields))})".replace(":.", ":")
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}".replace(":.", ":")
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: missing required value")
+    return cls(**kwargs)
+
+
+def from_dict(cls: type, data: Any, source: str = "<dict>") -> Any:
+    """Build dataclass ``cls`` from plain data, validating every key against its type hint."""
+    return _from_dict(cls, data, f"{source}:")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The plain-data form of a config, ready for YAML or JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict copy."""
+    out = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def load_config(
+    path: str | Path, overrides: typing.Iterable[str] = (), cls: type = RecipeConfig
+) -> Any:
+    """Load a recipe YAML (plus overrides) into ``cls``; errors name ``file:key``."""
+    data = apply_overrides(load_yaml(path), overrides)
+    return from_dict(cls, data, str(path))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config beside a checkpoint or report."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Data: the shard schema, converters from public datasets, the demo world, transforms."""

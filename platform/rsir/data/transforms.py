@@ -1,0 +1,205 @@
+"""Preprocessing shared by training and inference: decode, bands, resize, augment, normalise.
+
+``preprocess_batch`` is the one function both paths call (Ray Data ``map_batches`` in
+training and batch embedding, the Serve encoders online); ``train=True`` only switches on
+the random augmentations and caption sampling. Augmentations of a pair use the same
+random parameters for both dates, so a flip never looks like a change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rsir.config import DataConfig
+from rsir.data.schema import decode_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random parameters of one sample, applied identically to both dates."""
+
+    crop: tuple[float, float, float, float]  # top, left, height, width as fractions
+    hflip: bool
+    vflip: bool
+    brightness: float
+    contrast: float
+
+    @staticmethod
+    def sample(rng: np.random.Generator, cfg: DataConfig) -> Augment:
+        scale = rng.uniform(cfg.random_crop_scale, 1.0)
+        side = float(np.sqrt(scale))
+        top, left = rng.uniform(0, 1 - side, size=2)
+        jitter = cfg.color_jitter
+        return Augment(
+            crop=(float(top), float(left), side, side),
+            hflip=bool(cfg.hflip and rng.random() < 0.5),
+            vflip=bool(cfg.vflip and rng.random() < 0.5),
+            brightness=float(rng.uniform(1 - jitter, 1 + jitter)),
+            contrast=float(rng.uniform(1 - jitter, 1 + jitter)),
+        )
+
+
+def select_bands(image: np.ndarray, row_bands: Sequence[str] | None, wanted: Sequence[str]) -> np.ndarray:
+    """Keep the ``wanted`` bands, by name, in that order."""
+    row_bands = [str(b) for b in row_bands] if row_bands is not None else []
+    if not row_bands:
+        row_bands = ["R", "G", "B"][: image.shape[2]]
+    if len(row_bands) != image.shape[2]:
+        raise ValueError(f"image has {image.shape[2]} bands but the row names {len(row_bands)}")
+    if row_bands == list(wanted):
+        return image
+    missing = [b for b in wanted if b not in row_bands]
+    if missing:
+        raise ValueError(f"bands {missing} not in the image's bands {row_bands}")
+    return image[:, :, [row_bands.index(b) for b in wanted]]
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``[H, W, C]`` -> float ``[C, H, W]`` in [0, 1] for integer images (scaled by dtype max)."""
+    if np.issubdtype(image.dtype, np.integer):
+        scale = float(np.iinfo(image.dtype).max)
+        array = image.astype(np.float32) / scale
+    else:
+        array = image.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def apply_augment(x: torch.Tensor, aug: Augment | None, size: int) -> torch.Tensor:
+    """Crop (or not), resize to ``size``, flip and jitter one ``[C, H, W]`` image."""
+    if aug is not None:
+        _, h, w = x.shape
+        top, left, ch, cw = aug.crop
+        y0, x0 = int(round(top * h)), int(round(left * w))
+        x = x[:, y0: y0 + max(1, int(round(ch * h))), x0: x0 + max(1, int(round(cw * w)))]
+    if x.shape[1:] != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)[0]
+    if aug is not None:
+        if aug.hflip:
+            x = x.flip(-1)
+        if aug.vflip:
+            x = x.flip(-2)
+        if aug.brightness != 1.0 or aug.contrast != 1.0:
+            mean = x.mean(dim=(1, 2), keepdim=True)
+            x = ((x - mean) * aug.contrast + mean) * aug.brightness
+    return x
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return (x - m) / s
+
+
+def prepare_image(
+    data: bytes, row_bands: Sequence[str] | None, cfg: DataConfig, aug: Augment | None
+) -> torch.Tensor:
+    """Bytes -> normalised ``[C, size, size]`` tensor."""
+    image = select_bands(decode_image(data), row_bands, cfg.bands)
+    x = apply_augment(to_tensor(image), aug, cfg.image_size)
+    return normalize(x, cfg.mean, cfg.std)
+
+
+def sample_caption(
+    captions: Sequence[Mapping[str, str]], language: str, rng: np.random.Generator
+) -> tuple[str, str]:
+    """One caption of the row: of ``language``, or of a random language when ``random``."""
+    if language == "random":
+        langs = sorted({c["lang"] for c in captions})
+        language = langs[int(rng.integers(len(langs)))]
+    pool = [c for c in captions if c["lang"] == language]
+    if not pool:
+        raise ValueError(f"no caption in language {language!r}")
+    c = pool[int(rng.integers(len(pool)))]
+    return c["text"], c["lang"]
+
+
+def preprocess_batch(
+    batch: Mapping[str, Any],
+    cfg: DataConfig,
+    train: bool,
+    seed: int | None = None,
+    with_captions: bool = True,
+) -> dict[str, np.ndarray]:
+    """A batch of shard rows -> model inputs.
+
+    Returns ``id``, and ``image`` ``[B, C, S, S]`` (task ``single``) or ``image_pair``
+    ``[B, 2, C, S, S]`` (task ``pair``) as float32 arrays; with ``with_captions`` also one
+    sampled ``text`` and its ``lang`` per row (a random caption at training, the first
+    of the language at inference). A row that cannot be decoded is logged and dropped,
+    never a crash.
+    """
+    rng = np.random.default_rng(seed)
+    pair = cfg.task == "pair"
+    ids, images, texts, langs, dropped = [], [], [], [], []
+    n = len(batch["id"])
+    for i in range(n):
+        bands = batch["bands"][i] if "bands" in batch else None
+        try:
+            aug = Augment.sample(rng, cfg) if train and cfg.augment else None
+            if pair:
+                if batch["image_t2"][i] is None:
+                    raise ValueError("a pair row has no image_t2")
+                t1 = prepare_image(batch["image"][i], bands, cfg, aug)
+                t2 = prepare_image(batch["image_t2"][i], bands, cfg, aug)
+                x = torch.stack([t1, t2])
+            else:
+                x = prepare_image(batch["image"][i], bands, cfg, aug)
+            if with_captions:
+                caps = list(batch["captions"][i])
+                text, lang = (sample_caption(caps, cfg.language, rng) if train
+                              else _first_caption(caps, cfg.language))
+        except ValueError as err:
+            log.warning("dropping row %s: %s", batch["id"][i], err)
+            dropped.append(str(batch["id"][i]))
+            continue
+        ids.append(str(batch["id"][i]))
+        images.append(x)
+        if with_captions:
+            texts.append(text)
+            langs.append(lang)
+    shape = (0, 2, len(cfg.bands), cfg.image_size, cfg.image_size) if pair else (
+        0, len(cfg.bands), cfg.image_size, cfg.image_size)
+    stacked = torch.stack(images).numpy() if images else np.zeros(shape, np.float32)
+    out: dict[str, np.ndarray] = {"id": np.array(ids, dtype=object),
+                                  "image_pair" if pair else "image": stacked}
+    if with_captions:
+        out["text"] = np.array(texts, dtype=object)
+        out["lang"] = np.array(langs, dtype=object)
+    if dropped:
+        log.warning("dropped %d of %d rows in a batch", len(dropped), n)
+    return out
+
+
+def _first_caption(captions: Sequence[Mapping[str, str]], language: str) -> tuple[str, str]:
+    lang = "en" if language == "random" else language
+    for c in captions:
+        if c["lang"] == lang:
+            return c["text"], c["lang"]
+    raise ValueError(f"no caption in language {lang!r}")
+
+
+def explode_captions(
+    captions: Sequence[Sequence[Mapping[str, str]]], language: str | None
+) -> tuple[list[str], list[str], list[int]]:
+    """Every caption of every row (of one language, or all when None) as a flat list.
+
+    Returns ``(texts, langs, owner)``: ``owner[t]`` is the row index of text ``t``.
+    """
+    texts, langs, owner = [], [], []
+    for i, caps in enumerate(captions):
+        for c in caps:
+            if language is None or c["lang"] == language:
+                texts.append(c["text"])
+                langs.append(c["lang"])
+                owner.append(i)
+    return texts, langs, owner

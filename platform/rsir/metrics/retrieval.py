@@ -1,0 +1,158 @@
+"""Retrieval metrics: cross-modal R@K / mR, their chance level, and AP / mAP.
+
+Ties are resolved pessimistically everywhere in this module: an item that scores exactly
+as high as a relevant one is counted as ranked *before* it. A model that outputs a
+constant score therefore gets chance-or-worse numbers instead of a perfect score, and
+the result never depends on sort stability or on the order of the archive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+# Rows (or columns) compared at once: bounds the temporary boolean block to ~64 MB.
+_BLOCK_ELEMENTS = 1 << 26
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """A numpy view/copy of a numpy array, a torch tensor (any device) or a nested list."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_sim(sim: Any, text_image: Any) -> tuple[np.ndarray, np.ndarray]:
+    sim = as_numpy(sim)
+    text_image = as_numpy(text_image).astype(np.int64, copy=False)
+    if sim.ndim != 2:
+        raise ValueError(f"sim must be 2-D [images, texts], got shape {sim.shape}")
+    n_images, n_texts = sim.shape
+    if text_image.shape != (n_texts,):
+        raise ValueError(f"text_image must have one entry per text ({n_texts}), got {text_image.shape}")
+    if n_texts and (text_image.min() < 0 or text_image.max() >= n_images):
+        raise ValueError(f"text_image values must lie in [0, {n_images})")
+    return sim, text_image
+
+
+def i2t_ranks(sim: Any, text_image: Any) -> np.ndarray:
+    """0-based pessimistic rank of each image's best caption among all texts.
+
+    rank[i] = number of texts of *other* images scoring >= the best caption of image i,
+    so a hit at K is ``rank < K``. Images with no caption get rank -1 (no positive).
+    """
+    sim, text_image = _check_sim(sim, text_image)
+    n_images, n_texts = sim.shape
+    pos_scores = sim[text_image, np.arange(n_texts)]
+    best = np.full(n_images, -np.inf, dtype=np.float64)
+    np.maximum.at(best, text_image, pos_scores)
+    # Captions of i that tie with its best caption are positives, not competitors.
+    tied_pos = np.zeros(n_images, dtype=np.int64)
+    np.add.at(tied_pos, text_image, pos_scores >= best[text_image])
+    ge = np.empty(n_images, dtype=np.int64)
+    step = max(1, _BLOCK_ELEMENTS // max(n_texts, 1))
+    for start in range(0, n_images, step):  # blocks of rows, not one query at a time
+        block = slice(start, start + step)
+        ge[block] = (sim[block] >= best[block, None]).sum(axis=1)
+    ranks = ge - tied_pos
+    ranks[np.bincount(text_image, minlength=n_images) == 0] = -1
+    return ranks
+
+
+def t2i_ranks(sim: Any, text_image: Any) -> np.ndarray:
+    """0-based pessimistic rank of each text's image: other images scoring >= it."""
+    sim, text_image = _check_sim(sim, text_image)
+    n_images, n_texts = sim.shape
+    pos_scores = sim[text_image, np.arange(n_texts)]
+    ge = np.empty(n_texts, dtype=np.int64)
+    step = max(1, _BLOCK_ELEMENTS // max(n_images, 1))
+    for start in range(0, n_texts, step):  # blocks of columns
+        block = slice(start, start + step)
+        ge[block] = (sim[:, block] >= pos_scores[None, block]).sum(axis=0)
+    return ge - 1
+
+
+def _recall_at(ranks: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    valid = ranks[ranks >= 0]
+    if valid.size == 0:
+        raise ValueError("no query has a positive: recall is undefined")
+    return {int(k): float(100.0 * np.mean(valid < k)) for k in ks}
+
+
+def cross_modal_recall(
+    sim: Any, text_image: Any, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, Any]:
+    """R@K in both directions and their mean mR, in percent.
+
+    ``sim`` is ``[n_images, n_texts]`` (numpy or torch); ``text_image[t]`` is the image
+    of text t. image->text is a hit when ANY caption of the image is in the top K;
+    text->image when the text's image is in the top K. Ties are pessimistic (see the
+    module docstring). Images without any caption are left out of the i2t mean (they
+    remain distractors for t2i). Returns ``{"i2t": {k: r}, "t2i": {k: r}, "mR": m}``.
+    """
+    i2t = _recall_at(i2t_ranks(sim, text_image), ks)
+    t2i = _recall_at(t2i_ranks(sim, text_image), ks)
+    m_r = float(np.mean(list(i2t.values()) + list(t2i.values())))
+    return {"i2t": i2t, "t2i": t2i, "mR": m_r}
+
+
+def chance_recall(
+    n_images: int, n_texts: int, text_image: Any, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, Any]:
+    """Expected R@K (percent) of a uniformly random ranking, same layout as cross_modal_recall.
+
+    image->text, image with c captions among T texts: P(hit@K) = 1 - C(T-c, K) / C(T, K)
+    (hypergeometric), averaged over images that have captions. text->image: K / N.
+    """
+    text_image = as_numpy(text_image).astype(np.int64, copy=False)
+    if text_image.shape != (n_texts,):
+        raise ValueError(f"text_image must have {n_texts} entries, got {text_image.shape}")
+    counts = np.bincount(text_image, minlength=n_images)[:n_images]
+    counts = counts[counts > 0]
+    i2t = {}
+    for k in ks:
+        kk = min(int(k), n_texts)
+        # C(T-c, K) / C(T, K) = prod_{j<c} (T-K-j) / (T-j); a factor <= 0 means certain hit.
+        miss = np.ones(counts.shape, dtype=np.float64)
+        for j in range(int(counts.max())):
+            active = counts > j
+            miss[active] *= np.clip((n_texts - kk - j) / (n_texts - j), 0.0, None)
+        i2t[int(k)] = float(100.0 * np.mean(1.0 - miss))
+    t2i = {int(k): float(100.0 * min(int(k), n_images) / n_images) for k in ks}
+    m_r = float(np.mean(list(i2t.values()) + list(t2i.values())))
+    return {"i2t": i2t, "t2i": t2i, "mR": m_r}
+
+
+def average_precision(scores: Any, positives: Any) -> np.ndarray | float:
+    """AP in [0, 1] over the full ranking of ``scores`` (``[N]`` or ``[Q, N]``).
+
+    AP = mean over positives of precision at the positive's rank. Ties are pessimistic:
+    within equal scores, non-positives are ranked first. A query without any positive
+    gets NaN (undefined), which :func:`mean_average_precision` leaves out of the mean.
+    """
+    scores = as_numpy(scores).astype(np.float64, copy=False)
+    positives = as_numpy(positives).astype(bool, copy=False)
+    if scores.shape != positives.shape:
+        raise ValueError(f"scores {scores.shape} and positives {positives.shape} differ in shape")
+    squeeze = scores.ndim == 1
+    scores2 = np.atleast_2d(scores)
+    pos2 = np.atleast_2d(positives)
+    # lexsort: last key is primary (descending score); then False before True.
+    order = np.lexsort((pos2, -scores2), axis=-1)
+    rel = np.take_along_axis(pos2, order, axis=-1)
+    hits = np.cumsum(rel, axis=-1)
+    precision = hits / np.arange(1, rel.shape[-1] + 1)
+    n_pos = rel.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(n_pos > 0, (precision * rel).sum(axis=-1) / n_pos, np.nan)
+    return float(ap[0]) if squeeze else ap
+
+
+def mean_average_precision(scores: Any, positives: Any) -> float:
+    """mAP in percent over queries (rows); queries with no positive are excluded."""
+    ap = np.atleast_1d(average_precision(scores, positives))
+    if np.all(np.isnan(ap)):
+        raise ValueError("no query has a positive: mAP is undefined")
+    return float(100.0 * np.nanmean(ap))

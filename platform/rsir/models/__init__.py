@@ -1,0 +1,49 @@
+"""Models: encoder towers, fusions, heads and architectures, each registered by name."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rsir.config import LossConfig, ModelConfig
+
+# Importing the modules registers their classes.
+from rsir.models import dual_encoder, fusion, galr, heads, text_towers, towers  # noqa: F401
+from rsir.models.registry import FUSIONS, HEADS, IMAGE_TOWERS, MODELS, TEXT_TOWERS
+
+log = logging.getLogger(__name__)
+
+
+def create_model(cfg: ModelConfig, loss: LossConfig | None = None) -> nn.Module:
+    """Build the architecture ``cfg.name``; load ``cfg.checkpoint`` when one is given."""
+    model = MODELS.get(cfg.name)(cfg, loss or LossConfig())
+    if cfg.checkpoint:
+        load_weights(model, cfg.checkpoint)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict from a local file (an rsir checkpoint or a bare state dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint {path}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    # Weights saved from a DDP-wrapped model carry a ``module.`` prefix.
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model.load_state_dict(state)
+    log.info("loaded weights from %s", path)
+
+
+def list_models() -> dict[str, list[str]]:
+    """Every registered name, by kind."""
+    return {
+        "models": MODELS.names(),
+        "image_towers": IMAGE_TOWERS.names(),
+        "text_towers": TEXT_TOWERS.names(),
+        "fusions": FUSIONS.names(),
+        "heads": HEADS.names(),
+    }

@@ -1,0 +1,1 @@
+"""Retrieval: embedding archives, exact / approximate top-k, WEICOM composed scoring, MR rerank."""

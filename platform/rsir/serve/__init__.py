@@ -1,0 +1,1 @@
+"""Ray Serve glue: the retrieval endpoint."""

@@ -1,0 +1,85 @@
+"""Typed serving config (``configs/serve.yaml``): model, archives, deployments, limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """One encoder deployment: replicas (or autoscaling) and its dynamic batching."""
+
+    num_replicas: int = 1
+    # Ray Serve autoscaling_config (min_replicas, max_replicas, target_ongoing_requests...);
+    # when given it replaces num_replicas.
+    autoscaling: dict[str, Any] | None = None
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.01
+    max_ongoing_requests: int = 128
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    num_replicas: int = 1
+    num_cpus: float = 0.25
+    max_ongoing_requests: int = 256
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_body_bytes: int = 8 * 2**20
+    max_image_side: int = 2048
+    max_image_pixels: int = 2048 * 2048
+    max_k: int = 100
+    max_text_chars: int = 500
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """Multivariate rerank (GaLR MR) of the top candidates of a cross-modal query."""
+
+    candidates: int = 25
+    w_c1: float = 0.5
+    w_c2: float = 1.25
+
+
+@dataclass(frozen=True)
+class ArchivesConfig:
+    """Archive roots (``publish_archive`` layout); a missing entry disables that target."""
+
+    images: str | None = None
+    pairs: str | None = None
+    captions: str | None = None
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    """Shards holding the archived images, for ``/v1/thumbnails/{id}`` (optional)."""
+
+    images: str | None = None
+    pairs: str | None = None
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    checkpoint: str
+    name: str = "serve"
+    # The recipe YAML of the model; default: the ``config`` stored in the checkpoint.
+    recipe: str | None = None
+    archives: ArchivesConfig = field(default_factory=ArchivesConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # API key: required in header ``x-api-key`` when set here or in env ``api_key_env``.
+    api_key: str | None = None
+    api_key_env: str | None = "RSIR_API_KEY"
+    poll_interval_s: float = 1.0
+    default_k: int = 10
+    image_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    ingress: IngressConfig = field(default_factory=IngressConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)

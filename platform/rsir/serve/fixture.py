@@ -1,0 +1,93 @@
+"""A tiny serving setup for tests and the benchmark: an untrained tiny model checkpoint,
+demo-world shards, and archives embedded with that model (no Ray needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def tiny_checkpoint(path: str | Path, seed: int = 0) -> dict[str, Any]:
+    """Save an untrained tiny dual encoder as an rsir checkpoint; returns its recipe dict."""
+    import torch
+
+    from rsir.config import DataConfig, RecipeConfig, to_dict
+    from rsir.models import create_model
+
+    torch.manual_seed(seed)
+    cfg = RecipeConfig(name="serve-test", data=DataConfig(augment=False))
+    model = create_model(cfg.model, cfg.loss)
+    recipe = to_dict(cfg)
+    torch.save({"model": model.state_dict(), "config": recipe}, path)
+    return recipe
+
+
+def make_fixture(out: str | Path, n_scenes: int = 16, n_pairs: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Checkpoint, shards and the three archives under ``out``; returns paths and rows."""
+    import dataclasses
+
+    from rsir.config import RecipeConfig, from_dict
+    from rsir.data.demo_world import pair_row, scene_row
+    from rsir.data.schema import write_shards
+    from rsir.data.transforms import explode_captions, preprocess_batch
+    from rsir.inference import load_trained
+    from rsir.retrieval.archive import publish_archive
+    from rsir.retrieval.embed import embed_texts, embed_visual
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "model.pt"
+    recipe = tiny_checkpoint(ckpt, seed)
+    cfg, model = load_trained(recipe, str(ckpt))
+    scenes = [scene_row(i, seed, "test") for i in range(n_scenes)]
+    pairs = [pair_row(i, seed, "test") for i in range(n_pairs)]
+    write_shards(scenes, out / "shards" / "single")
+    write_shards(pairs, out / "shards" / "pairs")
+
+    def columns(rows):
+        return {k: [r[k] for r in rows] for k in ("id", "image", "image_t2", "bands")}
+
+    single = preprocess_batch(columns(scenes), cfg.data, train=False, with_captions=False)
+    pair_cfg = dataclasses.replace(cfg.data, task="pair")
+    pair = preprocess_batch(columns(pairs), pair_cfg, train=False, with_captions=False)
+    texts, langs, owner = explode_captions([r["captions"] for r in scenes], "en")
+    manifest = {"model": cfg.model.name, "checkpoint": str(ckpt)}
+    roots = {k: out / "archives" / k for k in ("images", "pairs", "captions")}
+    publish_archive(roots["images"], list(single["id"]), embed_visual(model, single),
+                    {**manifest, "kind": "image"})
+    publish_archive(roots["pairs"], list(pair["id"]), embed_visual(model, pair),
+                    {**manifest, "kind": "pair"}, {"changed": [r["changed"] for r in pairs]})
+    publish_archive(roots["captions"], [f"{scenes[o]['id']}#{i}" for i, o in enumerate(owner)],
+                    embed_texts(model, texts), {**manifest, "kind": "caption"},
+                    {"text": texts, "lang": langs, "owner": [scenes[o]["id"] for o in owner]})
+    from_dict(RecipeConfig, recipe)  # the recipe round-trips
+    return {"checkpoint": str(ckpt), "recipe": recipe, "roots": {k: str(v) for k, v in roots.items()},
+            "shards": {"images": str(out / "shards" / "single"), "pairs": str(out / "shards" / "pairs")},
+            "scenes": scenes, "pairs": pairs, "texts": texts, "model": model, "cfg": cfg,
+            "vectors": {"images": embed_visual(model, single)}}
+
+
+def serve_config_dict(fx: dict[str, Any], port: int, **extra: Any) -> dict[str, Any]:
+    """A ServeConfig dict for a fixture, sized for a 2-CPU machine."""
+    cfg = {
+        "checkpoint": fx["checkpoint"],
+        "archives": dict(fx["roots"]),
+        "shards": dict(fx["shards"]),
+        "host": "127.0.0.1", "port": port, "api_key": None, "api_key_env": None,
+        "poll_interval_s": 0.2,
+        "image_encoder": {"num_cpus": 0.25, "max_batch_size": 16, "batch_wait_timeout_s": 0.005},
+        "text_encoder": {"num_cpus": 0.25, "max_batch_size": 16, "batch_wait_timeout_s": 0.005},
+        "ingress": {"num_cpus": 0.1},
+        "limits": {"max_body_bytes": 2_000_000, "max_image_side": 512, "max_k": 50,
+                   "max_text_chars": 300},
+        "rerank": {"candidates": 5},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def random_unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)

@@ -1,0 +1,1 @@
+"""Ray Train glue: the per-worker loop and the TorchTrainer builder."""

@@ -1,0 +1,180 @@
+"""The per-worker training loop (Ray Train glue around the pure library).
+
+Each epoch: stream this worker's shard, contrastive step(s), then rank 0 validates on the
+validation split, writes the metrics history and a checkpoint, and every worker calls
+``ray.train.report``. A restarted worker group resumes from ``ray.train.get_checkpoint()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+
+from rsir.config import RecipeConfig, from_dict
+from rsir.losses import create_loss
+from rsir.models import create_model
+from rsir.models.text_towers import tokens_to
+from rsir.optim import create_optimizer, create_scheduler
+from rsir.retrieval.embed import evaluate_rows, unwrap
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def _val_rows(cfg: RecipeConfig) -> dict[str, list[Any]] | None:
+    """The validation split, read whole (it is small) by rank 0."""
+    shard = ray.train.get_dataset_shard("val")
+    if shard is None:
+        return None
+    cols: dict[str, list[Any]] = {}
+    for batch in shard.iter_batches(batch_size=512, batch_format="numpy"):
+        for k in ("id", "image", "image_t2", "bands", "captions"):
+            if k in batch:
+                cols.setdefault(k, []).extend(batch[k])
+    return cols or None
+
+
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite the metrics history atomically (a reader never sees half a file)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{METRICS_FILE}.tmp"
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
+    os.replace(tmp, run_dir / METRICS_FILE)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    cfg: RecipeConfig = from_dict(RecipeConfig, config["recipe"], "recipe")
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.train.torch_threads)
+    torch.manual_seed(cfg.train.seed + rank)
+    np.random.seed(cfg.train.seed + rank)
+    random.seed(cfg.train.seed + rank)
+
+    model = create_model(cfg.model, cfg.loss)
+    # A dual encoder trained on one task leaves the other task's head unused.
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    device = ray.train.torch.get_device()
+    loss_fn = create_loss(cfg.loss, rank=rank, world_size=world)
+    optimizer = create_optimizer(cfg.optim, model.parameters())
+    scheduler = create_scheduler(cfg.optim, optimizer, cfg.train.epochs)
+    use_bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
+
+    start_epoch, step, history = 0, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
+        _set_rng_state(state["rng"])
+        log.info("rank %d resumed from epoch %d", rank, state["epoch"])
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_rows = _val_rows(cfg) if rank == 0 else None
+    image_key = "image_pair" if cfg.data.task == "pair" else "image"
+    tb = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(str(run_dir / "tensorboard"))
+    accum = max(1, cfg.optim.grad_accum_steps)
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        model.train()
+        t0, n_samples, loss_sum, n_batches = time.perf_counter(), 0, 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(train_shard.iter_batches(
+                batch_size=cfg.data.batch_size, batch_format="numpy", drop_last=True,
+                prefetch_batches=cfg.data.prefetch_batches,
+                local_shuffle_buffer_size=4 * cfg.data.batch_size)):
+            tokens = tokens_to(unwrap(model).tokenize(list(batch["text"])), device)
+            inputs = {image_key: torch.as_tensor(batch[image_key], device=device),
+                      "tokens": tokens}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                out = model(inputs)
+                losses = loss_fn(out["image_features"].float(), out["text_features"].float(),
+                                 out["logit_scale"].float())
+            (losses["loss"] / accum).backward()
+            if (i + 1) % accum == 0:
+                if cfg.optim.grad_clip_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():  # CLIP's clamp: τ never below 0.01
+                    unwrap(model).logit_scale.clamp_(0, 4.6052)
+                step += 1
+            n_samples += len(batch["text"])
+            loss_sum += float(losses["loss"])
+            n_batches += 1
+        elapsed = time.perf_counter() - t0
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "loss": loss_sum / max(1, n_batches),
+            "lr": lr,
+            "temperature": float(1.0 / unwrap(model).logit_scale.exp()),
+            # samples/s of the whole group: every worker sees the same number of rows
+            "samples_per_s": n_samples * world / max(elapsed, 1e-9),
+        }
+        ckpt = None
+        if rank == 0:
+            if val_rows:
+                rec = evaluate_rows(model, val_rows, cfg.data, language=_eval_lang(cfg),
+                                    ks=cfg.eval.ks)
+                metrics.update({f"val_i2t_R@{k}": v for k, v in rec["i2t"].items()})
+                metrics.update({f"val_t2i_R@{k}": v for k, v in rec["t2i"].items()})
+                metrics["val_mR"] = rec["mR"]
+            history.append(metrics)
+            _write_history(run_dir, history)
+            for k, v in metrics.items():
+                if k not in ("epoch", "step"):
+                    tb.add_scalar(k, v, epoch)
+            tb.flush()
+            tmp = tempfile.mkdtemp(prefix="rsir-ckpt-")
+            torch.save({
+                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+                "rng": _rng_state(), "history": history, "config": config["recipe"],
+            }, Path(tmp) / CHECKPOINT_FILE)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+            log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v
+                                             for k, v in metrics.items()})
+        ray.train.report(metrics, checkpoint=ckpt,
+                         checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+    if tb is not None:
+        tb.close()
+
+
+def _eval_lang(cfg: RecipeConfig) -> str:
+    return "en" if cfg.data.language == "random" else cfg.data.language

@@ -1,0 +1,109 @@
+"""``build_trainer``: a Ray Train ``TorchTrainer`` for a recipe, and ``fit`` with a run directory.
+
+A run directory holds: ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` (one line
+per epoch), ``tensorboard/``, Ray Train's ``checkpoint_epoch_*`` folders, ``best.pt``
+(the best checkpoint by validation mR) and ``curves.png`` (loss and validation mR).
+Fitting again with the same run directory resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from rsir.config import RecipeConfig, save_config, to_dict
+from rsir.data.pipeline import read_split, training_dataset
+from rsir.train.loop import CHECKPOINT_FILE, METRICS_FILE, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path | None
+    history: list[dict[str, Any]]
+
+
+def build_trainer(cfg: RecipeConfig, run_dir: str | Path) -> TorchTrainer:
+    """The TorchTrainer of ``cfg`` writing into ``run_dir`` (resumes when it has checkpoints)."""
+    run_dir = Path(run_dir).resolve()
+    datasets = {"train": training_dataset(cfg.data, seed=cfg.train.seed)}
+    if cfg.data.val_split:
+        datasets["val"] = read_split(cfg.data.shards, cfg.data.val_split)
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker or 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"recipe": to_dict(cfg), "run_dir": str(run_dir)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints,
+                checkpoint_score_attribute="val_mR" if cfg.data.val_split else None,
+                checkpoint_score_order="max",
+            ),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def fit(cfg: RecipeConfig, run_dir: str | Path) -> TrainResult:
+    """Train ``cfg`` into ``run_dir``; write the resolved config, best checkpoint and plot."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    result = build_trainer(cfg, run_dir).fit()
+    best = None
+    if result.best_checkpoints:
+        ranked = sorted(result.best_checkpoints,
+                        key=lambda cm: cm[1].get("val_mR", cm[1].get("epoch", 0)))
+        with ranked[-1][0].as_directory() as d:
+            best = run_dir / "best.pt"
+            shutil.copyfile(Path(d) / CHECKPOINT_FILE, best)
+    history = read_history(run_dir)
+    plot_curves(history, run_dir / "curves.png")
+    return TrainResult(run_dir=run_dir, best_checkpoint=best, history=history)
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation mR per epoch, side by side."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(epochs, [h["loss"] for h in history], marker="o")
+    a.set(xlabel="epoch", ylabel="training loss", title="loss")
+    if "val_mR" in history[0]:
+        b.plot(epochs, [h["val_mR"] for h in history], marker="o", color="tab:green")
+    b.set(xlabel="epoch", ylabel="validation mR (%)", title="validation mR")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Ray Tune glue: campaigns over score-level and training parameters."""

@@ -1,0 +1,383 @@
+"""The Serve endpoint end to end on 127.0.0.1: query kinds, errors, auth, hot swap,
+a property test over generated requests, and the search page in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ray
+
+requests = pytest.importorskip("requests")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, tmp_path_factory):
+    from ray import serve
+
+    from rsir.config import from_dict
+    from rsir.serve.app import build_app
+    from rsir.serve.config import ServeConfig
+    from rsir.serve.fixture import make_fixture, serve_config_dict
+
+    fx = make_fixture(tmp_path_factory.mktemp("serve"), n_scenes=16, n_pairs=8)
+    port = _free_port()
+    cfg_dict = serve_config_dict(fx, port)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(from_dict(ServeConfig, cfg_dict)), name="rsir", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    session = requests.Session()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if session.get(url + "/healthz", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    yield {"url": url, "fx": fx, "s": session, "cfg": cfg_dict}
+    serve.shutdown()
+
+
+def post(server, body, path="/v1/search", **kw):
+    return server["s"].post(server["url"] + path, json=body, timeout=30, **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# Query kinds
+# ---------------------------------------------------------------------------------------
+
+
+def test_health_archives_docs(server):
+    s, url = server["s"], server["url"]
+    assert s.get(url + "/healthz").json()["status"] == "ok"
+    info = s.get(url + "/v1/archives").json()["archives"]
+    assert info["images"]["count"] == 16 and info["pairs"]["count"] == 8
+    assert info["captions"]["count"] == len(server["fx"]["texts"])
+    assert s.get(url + "/openapi.json").json()["paths"]["/v1/search"]
+    assert s.get(url + "/docs").status_code == 200
+    page = s.get(url + "/")
+    assert page.status_code == 200 and "/v1/search" in page.text
+
+
+def test_image_query_finds_itself(server):
+    for row in server["fx"]["scenes"][:4]:
+        r = post(server, {"kind": "image", "image": b64(row["image"]), "k": 3})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["ids"][0] == row["id"]
+        assert out["results"][0]["thumbnail"] == f"/v1/thumbnails/{row['id']}"
+        assert out["results"][0]["captions"]
+
+
+def test_pair_query_finds_itself(server):
+    for row in server["fx"]["pairs"][:3]:
+        r = post(server, {"kind": "image_pair", "image": b64(row["image"]),
+                          "image_t2": b64(row["image_t2"]), "k": 2})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["target"] == "pairs" and out["ids"][0] == row["id"]
+        assert out["results"][0]["changed"] == row["changed"]
+
+
+def test_text_query_finds_its_caption_and_matches_local_scoring(server):
+    fx = server["fx"]
+    for text in fx["texts"][:3]:
+        out = post(server, {"kind": "text", "text": text, "target": "captions", "k": 1}).json()
+        assert out["results"][0]["text"] == text
+        assert out["scores"][0] == pytest.approx(1.0, abs=1e-4)
+    text = fx["texts"][0]
+    q = np.asarray(post(server, {"kind": "text", "text": text}, "/v1/embed").json()["embedding"])
+    expected = np.argsort(-(fx["vectors"]["images"] @ q), kind="stable")[:3]
+    out = post(server, {"kind": "text", "text": text, "target": "images", "k": 3}).json()
+    assert out["ids"] == [fx["scenes"][i]["id"] for i in expected]
+    reranked = post(server, {"kind": "text", "text": text, "k": 3, "rerank": True})
+    assert reranked.status_code == 200 and len(reranked.json()["ids"]) == 3
+
+
+def test_composed_query(server):
+    row = server["fx"]["scenes"][5]
+    out = post(server, {"kind": "composed", "image": b64(row["image"]), "text": "a red building",
+                        "lambda": 0.0, "k": 3}).json()
+    assert out["ids"][0] == row["id"]
+    out1 = post(server, {"kind": "composed", "image": b64(row["image"]), "text": "a red building",
+                         "lambda": 1.0, "k": 16}).json()
+    assert len(out1["ids"]) == 16
+
+
+def test_image_to_captions_and_rerank(server):
+    row = server["fx"]["scenes"][2]
+    out = post(server, {"kind": "image", "image": b64(row["image"]), "target": "captions",
+                        "k": 4, "rerank": True}).json()
+    assert len(out["ids"]) == 4 and all("#" in i for i in out["ids"])
+
+
+def test_embed_and_thumbnail(server):
+    s, url = server["s"], server["url"]
+    row = server["fx"]["scenes"][0]
+    e = post(server, {"kind": "image", "image": b64(row["image"])}, "/v1/embed").json()
+    assert e["dim"] == len(e["embedding"]) == 128
+    t = s.get(f"{url}/v1/thumbnails/{row['id']}")
+    assert t.status_code == 200 and t.headers["content-type"] == "image/png"
+    assert t.content == row["image"]
+    pair = server["fx"]["pairs"][0]
+    assert s.get(f"{url}/v1/thumbnails/{pair['id']}?date=2").content == pair["image_t2"]
+    assert s.get(f"{url}/v1/thumbnails/nope").status_code == 404
+
+
+def test_multipart_upload(server):
+    row = server["fx"]["scenes"][3]
+    r = server["s"].post(server["url"] + "/v1/search/upload", timeout=30,
+                         data={"kind": "image", "k": "2"},
+                         files={"image": ("x.png", row["image"], "image/png")})
+    assert r.status_code == 200, r.text
+    assert r.json()["ids"][0] == row["id"]
+    bad = server["s"].post(server["url"] + "/v1/search/upload", data={"kind": "image", "k": "x"})
+    assert bad.status_code == 422 and "k" in bad.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: 4xx naming the field, never 5xx
+# ---------------------------------------------------------------------------------------
+
+RGB = np.zeros((32, 32, 3), np.uint8)
+RGBA = np.zeros((32, 32, 4), np.uint8)
+BIG = np.zeros((600, 600, 3), np.uint8)
+
+BAD = [
+    ("malformed json", b"{not json", 400, "body"),
+    ("not an object", [1, 2], 422, "JSON object"),
+    ("missing kind", {"text": "x"}, 422, "kind"),
+    ("unknown kind", {"kind": "video", "text": "x"}, 422, "kind"),
+    ("unknown field", {"kind": "text", "text": "x", "foo": 1}, 422, "foo"),
+    ("missing text", {"kind": "text"}, 422, "text"),
+    ("empty text", {"kind": "text", "text": "  "}, 422, "text"),
+    ("text not a string", {"kind": "text", "text": 5}, 422, "text"),
+    ("text too long", {"kind": "text", "text": "a" * 301}, 413, "text"),
+    ("missing image", {"kind": "image"}, 422, "image"),
+    ("missing image_t2", {"kind": "image_pair", "image": b64(png(RGB))}, 422, "image_t2"),
+    ("not base64", {"kind": "image", "image": "%%%"}, 422, "image"),
+    ("undecodable image", {"kind": "image", "image": b64(b"not an image at all")}, 422, "image"),
+    ("wrong band count", {"kind": "image", "image": b64(png(RGBA))}, 422, "bands"),
+    ("band names mismatch", {"kind": "image", "image": b64(png(RGB)), "bands": ["R", "G"]},
+     422, "bands"),
+    ("image too large", {"kind": "image", "image": b64(png(BIG))}, 413, "image"),
+    ("k too large", {"kind": "text", "text": "x", "k": 51}, 422, "k"),
+    ("k not int", {"kind": "text", "text": "x", "k": "5"}, 422, "k"),
+    ("lambda out of range", {"kind": "composed", "text": "x", "image": b64(png(RGB)),
+                             "lambda": 2}, 422, "lambda"),
+    ("unknown target", {"kind": "text", "text": "x", "target": "maps"}, 422, "target"),
+    ("target not for kind", {"kind": "composed", "text": "x", "image": b64(png(RGB)),
+                             "target": "captions"}, 422, "target"),
+    ("rerank not bool", {"kind": "text", "text": "x", "rerank": "yes"}, 422, "rerank"),
+    ("payload too large", {"kind": "text", "text": "x" * 2_100_000}, 413, "body"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,field", BAD, ids=[b[0] for b in BAD])
+def test_bad_input(server, name, body, status, field):
+    if isinstance(body, bytes):
+        r = server["s"].post(server["url"] + "/v1/search", data=body, timeout=30,
+                             headers={"content-type": "application/json"})
+    else:
+        r = post(server, body)
+    assert r.status_code == status, r.text
+    assert field in r.json()["error"], r.json()
+
+
+def test_bad_embed(server):
+    r = post(server, {"kind": "composed", "text": "x"}, "/v1/embed")
+    assert r.status_code == 422 and "kind" in r.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------
+# Property: generated requests never get a 5xx
+# ---------------------------------------------------------------------------------------
+
+
+def test_generated_requests_never_5xx(server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    good_image = b64(server["fx"]["scenes"][0]["image"])
+    image = st.sampled_from([good_image, b64(png(RGBA)), b64(b"garbage"), "", "!!", None])
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20),
+                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40))
+    value = st.one_of(scalar, st.lists(scalar, max_size=3), st.dictionaries(st.text(max_size=5),
+                                                                            scalar, max_size=2))
+    field = {
+        "kind": st.one_of(st.sampled_from(["text", "image", "image_pair", "composed"]), scalar),
+        "text": st.one_of(st.text(max_size=60), scalar),
+        "image": st.one_of(image, scalar),
+        "image_t2": st.one_of(image, scalar),
+        "lambda": st.one_of(st.floats(-1, 2), scalar),
+        "target": st.one_of(st.sampled_from(["images", "pairs", "captions"]), scalar),
+        "k": st.one_of(st.integers(-3, 60), scalar),
+        "rerank": st.one_of(st.booleans(), scalar),
+        "bands": st.one_of(st.just(["R", "G", "B"]), st.lists(st.text(max_size=3), max_size=4),
+                           scalar),
+        "zzz": value,
+    }
+    body = st.one_of(
+        st.fixed_dictionaries({}, optional=field),
+        value,
+        st.binary(max_size=64).map(lambda b: ("raw", b)),
+    )
+    seen = {"n": 0, "ok": 0}
+
+    @settings(max_examples=500, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(body=body, path=st.sampled_from(["/v1/search", "/v1/search", "/v1/embed"]))
+    def check(body, path):
+        if isinstance(body, tuple) and body and body[0] == "raw":
+            r = server["s"].post(server["url"] + path, data=body[1], timeout=30,
+                                 headers={"content-type": "application/json"})
+        else:
+            r = server["s"].post(server["url"] + path, json=body, timeout=30)
+        seen["n"] += 1
+        seen["ok"] += r.status_code == 200
+        assert r.status_code < 500, (body, r.status_code, r.text)
+        if r.status_code >= 400:
+            assert "error" in r.json()
+
+    check()
+    assert seen["n"] >= 500 and seen["ok"] > 0
+
+
+# ---------------------------------------------------------------------------------------
+# Hot swap during traffic
+# ---------------------------------------------------------------------------------------
+
+
+def test_hot_swap_under_traffic(server):
+    from rsir.retrieval.archive import current_version, publish_archive
+    from rsir.serve.fixture import random_unit
+
+    fx, s, url = server["fx"], requests.Session(), server["url"]
+    root = fx["roots"]["images"]
+    before = current_version(root)
+    stop, failures, versions = threading.Event(), [], []
+    text = fx["texts"][0]
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                r = s.post(url + "/v1/search", json={"kind": "text", "text": text, "k": 2},
+                           timeout=30)
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+                else:
+                    versions.append(r.json()["version"])
+            except Exception as err:  # noqa: BLE001
+                failures.append(repr(err))
+
+    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    ids = [r["id"] for r in fx["scenes"]] + ["scene-new"]
+    vecs = np.concatenate([fx["vectors"]["images"], random_unit(1, 128)])
+    new = publish_archive(root, ids, vecs, {"model": "dual_encoder", "kind": "image"})
+    deadline = time.time() + 15
+    while time.time() < deadline and (not versions or versions[-1] != new):
+        time.sleep(0.1)
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert new != before
+    assert not failures, failures[:5]
+    assert versions[0] == before and versions[-1] == new
+    info = server["s"].get(url + "/v1/archives").json()["archives"]["images"]
+    assert info["version"] == new and info["count"] == 17
+
+
+# ---------------------------------------------------------------------------------------
+# Search page in headless Chromium
+# ---------------------------------------------------------------------------------------
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def test_search_page_in_chromium(server, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no chromium on PATH (apt-get install -y chromium) to drive the search page")
+    page = server["url"] + "/?q=red+buildings"
+    common = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--disable-background-networking", "--no-first-run", "--hide-scrollbars",
+              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000",
+              "--window-size=1280,900"]
+    dom = subprocess.run(common + ["--dump-dom", page], capture_output=True, text=True,
+                         timeout=60).stdout
+    assert dom.count('class="result"') >= 1, dom[-2000:]
+    assert "/v1/thumbnails/scene-" in dom
+    out = REPO / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    shot = out / "search_page.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run(common + [f"--screenshot={shot}", page], capture_output=True, timeout=60)
+    assert shot.is_file() and shot.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------
+# API key (last: redeploys the ingress with a key)
+# ---------------------------------------------------------------------------------------
+
+
+def test_api_key(server):
+    from ray import serve
+
+    from rsir.config import from_dict
+    from rsir.serve.app import build_app
+    from rsir.serve.config import ServeConfig
+
+    s, url = server["s"], server["url"]
+    body = {"kind": "text", "text": "a red building", "k": 1}
+    assert post(server, body).status_code == 200  # no key configured: open
+    cfg = {**server["cfg"], "api_key": "s3cret"}
+    serve.run(build_app(from_dict(ServeConfig, cfg)), name="rsir", route_prefix="/")
+    deadline = time.time() + 60
+    while time.time() < deadline and s.get(url + "/v1/archives").status_code != 401:
+        time.sleep(0.2)
+    r = post(server, body)
+    assert r.status_code == 401 and "x-api-key" in r.json()["error"]
+    assert post(server, body, headers={"x-api-key": "wrong"}).status_code == 401
+    assert post(server, body, headers={"x-api-key": "s3cret"}).status_code == 200
+    assert s.get(url + "/healthz").status_code == 200  # probes stay open
+    row = server["fx"]["scenes"][0]
+    assert s.get(f"{url}/v1/thumbnails/{row['id']}").status_code == 401
+    assert s.get(f"{url}/v1/thumbnails/{row['id']}?api_key=s3cret").status_code == 200
