@@ -1,4 +1,4 @@
-"""R@K / mR (pessimistic ties), chance level, AP / mAP: hand-computed cases."""
+"""R@K / mR (expected over random tie order), pessimistic ranks, chance level, AP / mAP."""
 
 from __future__ import annotations
 
@@ -33,9 +33,11 @@ def test_recall_hand_computed_with_ties() -> None:
     # t2i ranks: text 0 -> 0, text 1 -> 2 (0.6 and 0.3 beat 0.1), text 2 -> 1, text 3 -> 0.
     assert t2i_ranks(SIM, TEXT_IMAGE).tolist() == [0, 2, 1, 0]
     res = cross_modal_recall(SIM, TEXT_IMAGE, ks=(1, 2, 5))
-    assert res["i2t"] == pytest.approx({1: 200 / 3, 2: 200 / 3, 5: 100.0})
+    # Image 2's caption ties with three negatives: in random order it is first with
+    # probability 1/4, in the top 2 with 2/4. Images 0 and 1 always hit.
+    assert res["i2t"] == pytest.approx({1: 100 * 2.25 / 3, 2: 100 * 2.5 / 3, 5: 100.0})
     assert res["t2i"] == pytest.approx({1: 50.0, 2: 75.0, 5: 100.0})
-    assert res["mR"] == pytest.approx((200 / 3 + 200 / 3 + 100 + 50 + 75 + 100) / 6)
+    assert res["mR"] == pytest.approx((75 + 250 / 3 + 100 + 50 + 75 + 100) / 6)
 
 
 def test_recall_accepts_torch_and_ties_between_positives() -> None:
@@ -78,6 +80,16 @@ def test_vectorised_ranks_equal_loop_on_tied_random_matrix() -> None:
     i2t, t2i = _loop_ranks(sim, text_image)
     assert i2t_ranks(sim, text_image).tolist() == i2t
     assert t2i_ranks(sim, text_image).tolist() == t2i
+
+
+def test_constant_scores_give_exactly_chance() -> None:
+    # With every score tied, the expected recall of a random tie order is chance level.
+    text_image = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    sim = np.zeros((5, 10))  # image 4 has no caption: a distractor only
+    res = cross_modal_recall(sim, text_image, ks=(1, 3, 6))
+    chance = chance_recall(5, 10, text_image, ks=(1, 3, 6))
+    assert res["i2t"] == pytest.approx(chance["i2t"])
+    assert res["t2i"] == pytest.approx(chance["t2i"])
 
 
 def test_chance_recall_hand_and_enumeration() -> None:

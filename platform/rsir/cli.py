@@ -57,11 +57,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", default=[], help="config overrides key.path=value")
     p.set_defaults(func="rsir.demo:cli_main")
 
+    p = sub.add_parser("index", help="embed a split with Ray Data and publish an archive")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", default=None, help="trained weights (default: model.checkpoint)")
+    p.add_argument("--split", default=None, help="split to embed (default: data.test_split)")
+    p.add_argument("--out", default=None,
+                   help="archive root (versions + CURRENT); default train.run_dir/NAME/archive")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.set_defaults(func="rsir.evaluate:index_main")
+
+    p = sub.add_parser("evaluate", help="score a trained model with the papers' protocols")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", default=None, help="trained weights (default: model.checkpoint)")
+    p.add_argument("--out", default=None, help="report directory; default train.run_dir/NAME/report")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.set_defaults(func="rsir.evaluate:evaluate_main")
+
     p = sub.add_parser("train", help="train a recipe with Ray Train")
     _add_config_args(p, required=False)
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.add_argument("--resume", default=None, help="run directory to resume")
     p.set_defaults(func="rsir.train.job:cli_main")
+
+    p = sub.add_parser("tune", help="a Ray Tune campaign (WEICOM λ, MR rerank, training)")
+    p.add_argument("--config", default=None, help="campaign YAML (configs/tune_*.yaml)")
+    p.add_argument("--resume", default=None, help="campaign run directory to continue")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.add_argument("overrides", nargs="*", default=[], help="config overrides key.path=value")
+    p.set_defaults(func="rsir.tune.campaign:cli_main")
+
+    p = sub.add_parser("serve", help="serve search (Ray Serve: encoders + ingress) over archives")
+    _add_config_args(p)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.set_defaults(func="rsir.serve.app:cli_main")
 
     return parser
 

@@ -3,9 +3,10 @@
 1. generate the demo world as Parquet shards (single-date scenes and bitemporal pairs);
 2. for each task (``single``, ``pair``) train the recipe with Ray Train (DDP on the CPU
    workers), a checkpoint every epoch;
-3. embed the held-out test split with Ray Data batch inference and publish the archives;
-4. retrieve and print R@1/5/10 and mR in both directions beside chance level, and write
-   every number to ``OUT/report.json``.
+3. embed the held-out test split with Ray Data batch inference, publish the archives and
+   write the evaluation report (``OUT/reports/<task>/``: tables, plots, gallery);
+4. print R@1/5/10 and mR in both directions beside chance level, and write the table's
+   numbers to ``OUT/report.json``.
 """
 
 from __future__ import annotations
@@ -46,26 +47,27 @@ def ensure_world(cfg: RecipeConfig, shards_root: Path) -> None:
     marker.write_text(wanted)
 
 
-def evaluate_task(cfg: RecipeConfig, checkpoint: Path, archive_root: Path) -> dict[str, Any]:
-    """Embed the test split with Ray Data, publish it, and score retrieval against chance."""
-    from rsir.inference import embed_split, publish_split
+def evaluate_task(cfg: RecipeConfig, checkpoint: Path, out: Path) -> dict[str, Any]:
+    """``rsir evaluate`` on the test split (archive published, report written to ``out``);
+    returns the numbers of the demo's table."""
+    from rsir.evaluate import evaluate
 
-    emb = embed_split(cfg, str(checkpoint), cfg.data.test_split, language=cfg.data.language
-                      if cfg.data.language != "random" else "en")
-    publish_split(emb, cfg, str(checkpoint), archive_root)
-    sim = emb.visual @ emb.text_vectors.T
-    ks = tuple(cfg.eval.ks)
-    rec = cross_modal_recall(sim, emb.text_owner, ks=ks)
-    chance = chance_recall(len(emb.ids), len(emb.texts), emb.text_owner, ks=ks)
-    return {
-        "n_items": len(emb.ids), "n_texts": len(emb.texts),
+    full = evaluate(cfg, str(checkpoint), out)
+    rec, chance = full["recall"]["plain"], full["recall"]["chance"]
+    summary = {
         "i2t": {f"R@{k}": v for k, v in rec["i2t"].items()},
         "t2i": {f"R@{k}": v for k, v in rec["t2i"].items()},
         "mR": rec["mR"],
         "chance_i2t": {f"R@{k}": v for k, v in chance["i2t"].items()},
         "chance_t2i": {f"R@{k}": v for k, v in chance["t2i"].items()},
         "chance_mR": chance["mR"],
+        "per_language_mR": {lang: r["mR"] for lang, r in full["per_language"].items()},
     }
+    if "composed" in full:
+        summary["composed"] = {"weicom_best_lambda": full["composed"]["best_lambda"],
+                               "weicom_mAP": full["composed"]["best_mAP"],
+                               **full["composed"]["baselines"]}
+    return summary
 
 
 def format_table(report: dict[str, dict[str, Any]]) -> str:
@@ -105,7 +107,7 @@ def run_demo(cfg: RecipeConfig, out: Path) -> dict[str, dict[str, Any]]:
               f"{time.perf_counter() - t0:.0f} s: loss {last['loss']:.3f}, val mR "
               f"{last.get('val_mR', float('nan')):.1f}, {last['samples_per_s']:.0f} samples/s",
               flush=True)
-        report[task] = evaluate_task(task_cfg, result.best_checkpoint, out / "archives" / task)
+        report[task] = evaluate_task(task_cfg, result.best_checkpoint, out / "reports" / task)
         report[task]["train_seconds"] = time.perf_counter() - t0
     return report
 

@@ -75,7 +75,8 @@ class SplitEmbeddings:
 
 def _actor_kwargs(cfg: RecipeConfig, concurrency: int) -> dict[str, Any]:
     gpu = 1 if cfg.scaling.use_gpu else 0
-    return {"concurrency": concurrency, "num_gpus": gpu, "num_cpus": 0 if gpu else 1}
+    # Half a CPU each on CPU machines: the read tasks feeding the actors need CPU too.
+    return {"concurrency": concurrency, "num_gpus": gpu, "num_cpus": 0 if gpu else 0.5}
 
 
 def embed_split(

@@ -1,9 +1,10 @@
 """Retrieval metrics: cross-modal R@K / mR, their chance level, and AP / mAP.
 
-Ties are resolved pessimistically everywhere in this module: an item that scores exactly
-as high as a relevant one is counted as ranked *before* it. A model that outputs a
-constant score therefore gets chance-or-worse numbers instead of a perfect score, and
-the result never depends on sort stability or on the order of the archive.
+Ties never depend on sort stability or archive order. ``i2t_ranks`` / ``t2i_ranks`` and
+AP resolve them pessimistically (an item scoring exactly as high as a relevant one is
+ranked before it). ``cross_modal_recall`` reports the *expected* R@K when tied items are
+ordered at random, the same assumption as ``chance_recall``: identical caption strings
+(common in real datasets) get identical embeddings, and no model can order them.
 """
 
 from __future__ import annotations
@@ -37,12 +38,9 @@ def _check_sim(sim: Any, text_image: Any) -> tuple[np.ndarray, np.ndarray]:
     return sim, text_image
 
 
-def i2t_ranks(sim: Any, text_image: Any) -> np.ndarray:
-    """0-based pessimistic rank of each image's best caption among all texts.
-
-    rank[i] = number of texts of *other* images scoring >= the best caption of image i,
-    so a hit at K is ``rank < K``. Images with no caption get rank -1 (no positive).
-    """
+def _i2t_counts(sim: Any, text_image: Any) -> tuple[np.ndarray, ...]:
+    """Per image: texts of other images scoring > / == its best caption, and its own
+    captions tied at that best score."""
     sim, text_image = _check_sim(sim, text_image)
     n_images, n_texts = sim.shape
     pos_scores = sim[text_image, np.arange(n_texts)]
@@ -51,34 +49,58 @@ def i2t_ranks(sim: Any, text_image: Any) -> np.ndarray:
     # Captions of i that tie with its best caption are positives, not competitors.
     tied_pos = np.zeros(n_images, dtype=np.int64)
     np.add.at(tied_pos, text_image, pos_scores >= best[text_image])
+    gt = np.empty(n_images, dtype=np.int64)
     ge = np.empty(n_images, dtype=np.int64)
     step = max(1, _BLOCK_ELEMENTS // max(n_texts, 1))
     for start in range(0, n_images, step):  # blocks of rows, not one query at a time
         block = slice(start, start + step)
+        gt[block] = (sim[block] > best[block, None]).sum(axis=1)
         ge[block] = (sim[block] >= best[block, None]).sum(axis=1)
-    ranks = ge - tied_pos
-    ranks[np.bincount(text_image, minlength=n_images) == 0] = -1
-    return ranks
+    has_caption = np.bincount(text_image, minlength=n_images) > 0
+    return gt, ge - gt - tied_pos, tied_pos, has_caption
 
 
-def t2i_ranks(sim: Any, text_image: Any) -> np.ndarray:
-    """0-based pessimistic rank of each text's image: other images scoring >= it."""
+def _t2i_counts(sim: Any, text_image: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per text: other images scoring > / == its own image."""
     sim, text_image = _check_sim(sim, text_image)
     n_images, n_texts = sim.shape
     pos_scores = sim[text_image, np.arange(n_texts)]
+    gt = np.empty(n_texts, dtype=np.int64)
     ge = np.empty(n_texts, dtype=np.int64)
     step = max(1, _BLOCK_ELEMENTS // max(n_images, 1))
     for start in range(0, n_texts, step):  # blocks of columns
         block = slice(start, start + step)
+        gt[block] = (sim[:, block] > pos_scores[None, block]).sum(axis=0)
         ge[block] = (sim[:, block] >= pos_scores[None, block]).sum(axis=0)
-    return ge - 1
+    return gt, ge - gt - 1
 
 
-def _recall_at(ranks: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
-    valid = ranks[ranks >= 0]
-    if valid.size == 0:
-        raise ValueError("no query has a positive: recall is undefined")
-    return {int(k): float(100.0 * np.mean(valid < k)) for k in ks}
+def i2t_ranks(sim: Any, text_image: Any) -> np.ndarray:
+    """0-based pessimistic rank of each image's best caption among all texts.
+
+    rank[i] = number of texts of *other* images scoring >= the best caption of image i,
+    so a hit at K is ``rank < K``. Images with no caption get rank -1 (no positive).
+    """
+    gt, tied_neg, _, has_caption = _i2t_counts(sim, text_image)
+    return np.where(has_caption, gt + tied_neg, -1)
+
+
+def t2i_ranks(sim: Any, text_image: Any) -> np.ndarray:
+    """0-based pessimistic rank of each text's image: other images scoring >= it."""
+    gt, tied = _t2i_counts(sim, text_image)
+    return gt + tied
+
+
+def _expected_hits(gt: np.ndarray, tied_neg: np.ndarray, tied_pos: np.ndarray, k: int) -> np.ndarray:
+    """P(a positive is in the top k) when the ``tied_neg + tied_pos`` tied items are
+    shuffled: 1 - C(n - p, s) / C(n, s) with s = k - gt free slots."""
+    slots = np.clip(k - gt, 0, None).astype(np.float64)
+    n = (tied_neg + tied_pos).astype(np.float64)
+    miss = np.ones_like(n)
+    for j in range(int(tied_pos.max(initial=0))):
+        active = tied_pos > j
+        miss[active] *= np.clip((n[active] - slots[active] - j) / (n[active] - j), 0.0, None)
+    return 1.0 - miss
 
 
 def cross_modal_recall(
@@ -88,12 +110,19 @@ def cross_modal_recall(
 
     ``sim`` is ``[n_images, n_texts]`` (numpy or torch); ``text_image[t]`` is the image
     of text t. image->text is a hit when ANY caption of the image is in the top K;
-    text->image when the text's image is in the top K. Ties are pessimistic (see the
-    module docstring). Images without any caption are left out of the i2t mean (they
-    remain distractors for t2i). Returns ``{"i2t": {k: r}, "t2i": {k: r}, "mR": m}``.
+    text->image when the text's image is in the top K. Tied items count in random order
+    (the expected recall; see the module docstring). Images without any caption are left
+    out of the i2t mean (they remain distractors for t2i). Returns
+    ``{"i2t": {k: r}, "t2i": {k: r}, "mR": m}``.
     """
-    i2t = _recall_at(i2t_ranks(sim, text_image), ks)
-    t2i = _recall_at(t2i_ranks(sim, text_image), ks)
+    gt, tied_neg, tied_pos, has_caption = _i2t_counts(sim, text_image)
+    if not has_caption.any():
+        raise ValueError("no query has a positive: recall is undefined")
+    gt, tied_neg, tied_pos = gt[has_caption], tied_neg[has_caption], tied_pos[has_caption]
+    i2t = {int(k): float(100.0 * _expected_hits(gt, tied_neg, tied_pos, k).mean()) for k in ks}
+    t_gt, t_tied = _t2i_counts(sim, text_image)
+    ones = np.ones_like(t_gt)
+    t2i = {int(k): float(100.0 * _expected_hits(t_gt, t_tied, ones, k).mean()) for k in ks}
     m_r = float(np.mean(list(i2t.values()) + list(t2i.values())))
     return {"i2t": i2t, "t2i": t2i, "mR": m_r}
 

@@ -5,8 +5,6 @@ Import path (k8s RayService contract): ``rsir.serve.app:build_app_from_config`` 
 ``args: {config: configs/serve.yaml}``. Locally: ``rsir serve --config configs/serve.yaml``.
 """
 
-from __future__ import annotations
-
 import asyncio
 import dataclasses
 import hmac
@@ -26,7 +24,7 @@ from ray import serve
 
 from rsir.config import RecipeConfig, from_dict, load_config, to_dict
 from rsir.serve.config import EncoderConfig, ServeConfig
-from rsir.serve.requests import ApiError, SearchRequest, decode_upload, parse_embed, parse_search
+from rsir.serve.requests import ApiError, SearchRequest, parse_embed, parse_search
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -113,7 +111,7 @@ def _load(target: str, root: str) -> Loaded:
     if target == "captions":
         for owner, text in zip(archive.metadata.get("owner", []), archive.metadata.get("text", [])):
             owner_texts.setdefault(str(owner), []).append(str(text))
-    return Loaded(archive.version, archive, ExactSearcher(archive), owner_texts)
+    return Loaded(archive.version, archive, ExactSearcher(archive.vectors), owner_texts)
 
 
 class Thumbnails:
@@ -212,10 +210,14 @@ class Ingress:
         self.text_encoder = text_encoder
         key = self.cfg.api_key or (os.environ.get(self.cfg.api_key_env)
                                    if self.cfg.api_key_env else None)
-        self.api_key = key or None
+        self.static_key = key or None
+        self.api_key = self.static_key
         self.roots = {t: r for t, r in dataclasses.asdict(self.cfg.archives).items() if r}
         self.archives: dict[str, Loaded] = {}
+        self.top_k.set_max_batch_size(self.cfg.ingress.max_batch_size)
+        self.top_k.set_batch_wait_timeout_s(self.cfg.ingress.batch_wait_timeout_s)
         self.swaps = 0
+        self._warned: set[tuple[str, str]] = set()
         self._poll_once()
         shard_roots = [r for r in (self.cfg.shards.images, self.cfg.shards.pairs) if r]
         self.thumbs = Thumbnails(shard_roots) if shard_roots else None
@@ -228,6 +230,13 @@ class Ingress:
     def _poll_once(self) -> None:
         from rsir.retrieval.archive import current_version
 
+        if self.cfg.api_key_file:
+            try:
+                key = Path(self.cfg.api_key_file).read_text(encoding="utf-8").strip()
+            except OSError:
+                key = ""
+            self.api_key = key or self.static_key
+
         for target, root in self.roots.items():
             try:
                 version = current_version(root)
@@ -236,7 +245,9 @@ class Ingress:
                     continue
                 new = _load(target, root)
             except Exception as err:  # noqa: BLE001 - keep serving the version we have
-                log.warning("archive %s at %s not loaded: %s", target, root, err)
+                if (target, str(err)) not in self._warned:
+                    self._warned.add((target, str(err)))
+                    log.warning("archive %s at %s not loaded: %s", target, root, err)
                 continue
             # One reference assignment: a request sees the old dict or the new one.
             self.archives = {**self.archives, target: new}
@@ -337,8 +348,8 @@ class Ingress:
                 raise ApiError(409, "target", f"archive dim {vectors.shape[1]} != model dim "
                                f"{q.shape[0]}; the archive was embedded by another model")
             n_cand = min(max(k, self.cfg.rerank.candidates) if req.rerank else k, n)
-            s, idx = loaded.searcher.search(q[None], n_cand)
-            top = [(int(i), float(v)) for i, v in zip(idx[0], s[0]) if i >= 0]
+            s, idx = await self.top_k((loaded, q, n_cand))
+            top = [(int(i), float(v)) for i, v in zip(idx, s) if i >= 0]
             if req.rerank:
                 pool = {"text": "captions", "image": "images", "image_pair": "pairs"}[req.kind]
                 mr = self._rerank(req.kind, q, vectors[[i for i, _ in top]],
@@ -350,6 +361,26 @@ class Ingress:
         return {"kind": req.kind, "target": req.target, "version": loaded.version,
                 "k": req.k, "ids": [r["id"] for r in results],
                 "scores": [r["score"] for r in results], "results": results}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def top_k(self, items: list[tuple[Loaded, np.ndarray, int]]) -> list[tuple]:
+        """Batched exact top-k: one matrix product per archive version in the batch,
+        run in a thread so the event loop keeps accepting requests."""
+        out: list[tuple] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (loaded, _, _) in enumerate(items):
+            groups.setdefault(id(loaded), []).append(i)
+
+        def run() -> None:
+            for idx in groups.values():
+                loaded = items[idx[0]][0]
+                kmax = max(items[i][2] for i in idx)
+                s, rows = loaded.searcher.search(np.stack([items[i][1] for i in idx]), kmax)
+                for j, i in enumerate(idx):
+                    out[i] = (s[j, : items[i][2]], rows[j, : items[i][2]])
+
+        await asyncio.to_thread(run)
+        return out
 
     def _rerank(self, kind: str, q: np.ndarray, cand: np.ndarray, pool: np.ndarray) -> np.ndarray:
         from rsir.retrieval.rerank import multivariate_rerank
@@ -476,6 +507,7 @@ def resolve_paths(cfg: ServeConfig) -> ServeConfig:
             k: _abs(v) for k, v in dataclasses.asdict(cfg.archives).items()}),
         shards=dataclasses.replace(cfg.shards, **{
             k: _abs(v) for k, v in dataclasses.asdict(cfg.shards).items()}),
+        api_key_file=_abs(cfg.api_key_file),
     )
 
 

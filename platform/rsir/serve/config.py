@@ -26,6 +26,10 @@ class IngressConfig:
     num_replicas: int = 1
     num_cpus: float = 0.25
     max_ongoing_requests: int = 256
+    # Dynamic batching of the archive top-k: concurrent queries of one archive are
+    # scored as one [B, D] x [D, N] product.
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.002
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class ServeConfig:
     # API key: required in header ``x-api-key`` when set here or in env ``api_key_env``.
     api_key: str | None = None
     api_key_env: str | None = "RSIR_API_KEY"
+    # A file holding the key (a mounted k8s Secret), re-read every poll: rotating it needs
+    # no restart. When the file exists and is not empty it wins over api_key / api_key_env.
+    api_key_file: str | None = None
     poll_interval_s: float = 1.0
     default_k: int = 10
     image_encoder: EncoderConfig = field(default_factory=EncoderConfig)

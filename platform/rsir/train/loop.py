@@ -66,6 +66,22 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     os.replace(tmp, run_dir / METRICS_FILE)
 
 
+def _log_worker_start(run_dir: Path, rank: int, world: int, start_epoch: int) -> None:
+    """Append where and from which epoch this worker (re)started to ``workers/<rank>.jsonl``.
+
+    One line per start: a restarted worker group shows up as a second line with the epoch it
+    resumed from. Best effort: a run directory another node cannot write is no error.
+    """
+    entry = {"rank": rank, "world_size": world, "start_epoch": start_epoch, "pid": os.getpid(),
+             "node_id": ray.get_runtime_context().get_node_id(), "time": time.time()}
+    try:
+        (run_dir / "workers").mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "workers" / f"{rank}.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+    except OSError as err:
+        log.warning("could not record worker start in %s: %s", run_dir, err)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg: RecipeConfig = from_dict(RecipeConfig, config["recipe"], "recipe")
     run_dir = Path(config["run_dir"])
@@ -98,6 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _set_rng_state(state["rng"])
         log.info("rank %d resumed from epoch %d", rank, state["epoch"])
 
+    _log_worker_start(run_dir, rank, world, start_epoch)
     train_shard = ray.train.get_dataset_shard("train")
     val_rows = _val_rows(cfg) if rank == 0 else None
     image_key = "image_pair" if cfg.data.task == "pair" else "image"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray.train
+import torch
 from ray.train.torch import TorchTrainer
 
 from rsir.config import RecipeConfig, save_config, to_dict
@@ -81,8 +81,12 @@ def fit(cfg: RecipeConfig, run_dir: str | Path) -> TrainResult:
         ranked = sorted(result.best_checkpoints,
                         key=lambda cm: cm[1].get("val_mR", cm[1].get("epoch", 0)))
         with ranked[-1][0].as_directory() as d:
-            best = run_dir / "best.pt"
-            shutil.copyfile(Path(d) / CHECKPOINT_FILE, best)
+            # Our own checkpoint (RNG state included) is trusted; best.pt keeps only what a
+            # reader needs, loadable with ``weights_only=True``.
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        best = run_dir / "best.pt"
+        torch.save({"model": state["model"], "config": state["config"], "epoch": state["epoch"],
+                    "val_mR": ranked[-1][1].get("val_mR")}, best)
     history = read_history(run_dir)
     plot_curves(history, run_dir / "curves.png")
     return TrainResult(run_dir=run_dir, best_checkpoint=best, history=history)

@@ -1,0 +1,15 @@
+"""`rsir index` as a Ray job: `ray job submit -- python jobs/index.py --config X ...`."""
+
+from __future__ import annotations
+
+import sys
+
+from rsir.cli import main as rsir_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return rsir_main(["index", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Evaluation reports from embeddings (pure): every number as JSON, the papers' tables as
+Markdown, plots (R@K, λ curve, a 2-D map of images and captions) and an HTML gallery.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsir.metrics.retrieval import chance_recall, cross_modal_recall
+from rsir.retrieval.composed import lambda_sweep, patterncom_eval
+from rsir.retrieval.rerank import multivariate_rerank
+
+BASELINES = ("text_only", "image_only", "average")
+
+
+def recall_section(sim: np.ndarray, owner: np.ndarray, ks: Sequence[int], rerank: dict | None) -> dict:
+    """R@K / mR against chance, and with the MR rerank when ``rerank`` gives its weights."""
+    out = {"plain": cross_modal_recall(sim, owner, ks=ks),
+           "chance": chance_recall(sim.shape[0], sim.shape[1], owner, ks=ks)}
+    if rerank:
+        i2t, t2i = multivariate_rerank(sim, **rerank)
+        # i2t scores rank texts per image; t2i scores rank images per text.
+        r_i2t = cross_modal_recall(i2t, owner, ks=ks)["i2t"]
+        r_t2i = cross_modal_recall(t2i, owner, ks=ks)["t2i"]
+        out["rerank"] = {"i2t": r_i2t, "t2i": r_t2i,
+                         "mR": float(np.mean(list(r_i2t.values()) + list(r_t2i.values())))}
+    return out
+
+
+def composed_section(
+    ids: Sequence[str], classes: Sequence[str], attributes: Sequence[dict[str, str]],
+    visual: np.ndarray, encode_texts: Callable[[list[str]], np.ndarray],
+) -> dict[str, Any]:
+    """WEICOM's λ table (mAP per attribute, λ = 0 … 1) and the three baselines."""
+    image_sims = visual @ visual.T
+
+    def text_sims(texts: list[str]) -> np.ndarray:
+        return encode_texts(texts) @ visual.T
+
+    table = lambda_sweep(ids, classes, attributes, image_sims, text_sims)
+    best_lam = max(table, key=lambda lam: table[lam]["avg"])
+    baselines = {m: patterncom_eval(ids, classes, attributes, image_sims, text_sims, method=m)["mAP"]
+                 for m in BASELINES}
+    return {"lambda_table": {str(k): v for k, v in table.items()}, "best_lambda": best_lam,
+            "best_mAP": table[best_lam]["avg"], "baselines": baselines}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report's tables, in the papers' layouts."""
+    lines = [f"# rsir evaluation: {report['name']}", ""]
+    rec = report["recall"]
+    ks = list(rec["plain"]["i2t"])
+    head = " | ".join(f"R@{k}" for k in ks)
+    lines += ["## Cross-modal retrieval (%)", "",
+              f"| method | i2t {head} | t2i {head} | mR |", "|---" * (2 * len(ks) + 2) + "|"]
+    for name in ("chance", "plain", "rerank"):
+        if name in rec:
+            r = rec[name]
+            lines.append(f"| {name} | " + " | ".join(f"{r['i2t'][k]:.2f}" for k in ks) + " | "
+                         + " | ".join(f"{r['t2i'][k]:.2f}" for k in ks) + f" | {r['mR']:.2f} |")
+    if "per_language" in report:
+        lines += ["", "## Per language (mR %)", "", "| language | mR |", "|---|---|"]
+        lines += [f"| {lang} | {r['mR']:.2f} |" for lang, r in report["per_language"].items()]
+    if "captions" in report:
+        lines += ["", "## Caption metrics of the top-5 (time-series paper, Tables I-II)", "",
+                  "| query set | direction | BLEU-1 | BLEU-4 | METEOR | ROUGE-L |", "|---|---|---|---|---|---|"]
+        for qset, dirs in report["captions"].items():
+            for d, m in dirs.items():
+                lines.append(f"| {qset} | {d} | {m['bleu1']:.3f} | {m['bleu4']:.3f} | "
+                             f"{m['meteor']:.3f} | {m['rougeL']:.3f} |")
+    if "composed" in report:
+        comp = report["composed"]
+        attrs = [a for a in next(iter(comp["lambda_table"].values())) if a != "avg"]
+        lines += ["", "## Composed retrieval, mAP (%) per attribute and λ (WEICOM)", "",
+                  "| λ | " + " | ".join(attrs) + " | avg |", "|---" * (len(attrs) + 2) + "|"]
+        for lam, row in comp["lambda_table"].items():
+            lines.append(f"| {float(lam):.1f} | " + " | ".join(f"{row[a]:.2f}" for a in attrs)
+                         + f" | {row['avg']:.2f} |")
+        lines += ["", "| method | mAP |", "|---|---|"]
+        lines += [f"| {m} | {v:.2f} |" for m, v in comp["baselines"].items()]
+        lines.append(f"| WEICOM (λ = {comp['best_lambda']:.1f}) | {comp['best_mAP']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict[str, Any], visual: np.ndarray, text_vectors: np.ndarray,
+          classes: Sequence[str], owner: np.ndarray, out: Path) -> list[Path]:
+    """R@K bars (per language when present), the λ curve, and a 2-D PCA map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    groups = report.get("per_language") or {"all": report["recall"]["plain"]}
+    ks = list(report["recall"]["plain"]["i2t"])
+    width = 0.8 / len(groups)
+    for i, (name, r) in enumerate(groups.items()):
+        vals = [r["i2t"][k] for k in ks] + [r["t2i"][k] for k in ks]
+        ax.bar(np.arange(len(vals)) + i * width, vals, width, label=name)
+    ax.set_xticks(np.arange(2 * len(ks)) + 0.4 - width / 2,
+                  [f"i2t R@{k}" for k in ks] + [f"t2i R@{k}" for k in ks], fontsize=7)
+    ax.set_ylabel("%")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "recall.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    if "composed" in report:
+        table = report["composed"]["lambda_table"]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([float(k) for k in table], [v["avg"] for v in table.values()], marker="o")
+        ax.set(xlabel="λ (text weight)", ylabel="mAP (%)", title="WEICOM λ curve")
+        fig.tight_layout()
+        paths.append(out / "lambda_curve.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    # PCA of images and captions together, coloured by the image's class
+    both = np.concatenate([visual, text_vectors])
+    both = both - both.mean(0)
+    _, _, vt = np.linalg.svd(both, full_matrices=False)
+    xy = both @ vt[:2].T
+    names = sorted(set(classes))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for j, c in enumerate(names):
+        img = np.array([k for k, x in enumerate(classes) if x == c])
+        txt = np.nonzero(np.isin(owner, img))[0] + len(visual)
+        ax.scatter(*xy[img].T, s=8, marker="o", color=f"C{j}", label=f"{c} (images)")
+        ax.scatter(*xy[txt].T, s=4, marker="x", color=f"C{j}", alpha=0.4)
+    ax.set_title("images (o) and captions (x), first two principal components")
+    ax.legend(fontsize=6, markerscale=1.5)
+    fig.tight_layout()
+    paths.append(out / "embedding_map.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def gallery(sim: np.ndarray, ids: Sequence[str], thumbs: Sequence[bytes | None],
+            texts: Sequence[str], owner: np.ndarray, title: str, n_queries: int = 4,
+            k: int = 5) -> str:
+    """HTML: for sample queries, the top-k results each way (✔ marks a correct one)."""
+    def img(data: bytes | None) -> str:
+        if data is None:
+            return ""
+        src = base64.b64encode(data).decode()
+        return f'<img src="data:image/png;base64,{src}" width="96" height="96">'
+
+    rows = [f"<h2>{html.escape(title)}: text → visual</h2>"]
+    for t in np.linspace(0, len(texts) - 1, n_queries).astype(int):
+        top = np.argsort(-sim[:, t], kind="stable")[:k]
+        cells = "".join(f"<td>{img(thumbs[i])}<br>{'✔' if i == owner[t] else ''}</td>" for i in top)
+        rows.append(f"<p><b>{html.escape(texts[t])}</b></p><table><tr>{cells}</tr></table>")
+    rows.append(f"<h2>{html.escape(title)}: visual → text</h2>")
+    for i in np.linspace(0, len(ids) - 1, n_queries).astype(int):
+        top = np.argsort(-sim[i], kind="stable")[:k]
+        items = "".join(f"<li>{'✔ ' if owner[t] == i else ''}{html.escape(texts[t])}</li>" for t in top)
+        rows.append(f"<table><tr><td>{img(thumbs[i])}</td><td><ol>{items}</ol></td></tr></table>")
+    return "\n".join(rows)
+
+
+def write_report(report: dict[str, Any], out: Path, gallery_html: str, plot_paths: list[Path]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
+    md = markdown(report) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plot_paths) + "\n"
+    (out / "report.md").write_text(md, encoding="utf-8")
+    (out / "gallery.html").write_text(
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(report['name'])}</title>"
+        f"<body style='font-family:sans-serif'>{gallery_html}</body>", encoding="utf-8")

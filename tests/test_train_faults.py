@@ -1,0 +1,239 @@
+"""Ray Train fault tolerance and placement on tiny demo worlds.
+
+1. Two workers on a 3-node local cluster land on different nodes (run in a subprocess:
+   ``ray.cluster_utils.Cluster`` cannot share a process with the session's ``ray.init``).
+2. SIGKILL of rank 1 mid-run: the group restarts from the last checkpoint and the run
+   completes with every epoch in ``metrics.jsonl`` exactly once.
+3. Fitting again into the same run directory with more epochs continues the epoch count
+   instead of retraining the first epochs.
+
+Each worker start is read from ``<run_dir>/workers/<rank>.jsonl`` (pid, node id, the epoch
+it started from), which ``rsir.train.loop`` appends to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+TINY = ["data.batch_size=16", "optim.schedule=constant", "train.keep_checkpoints=2"]
+
+
+def _world(out: Path) -> Path:
+    from rsir.data.demo_world import generate
+
+    generate(out, n_scenes=128, n_pairs=0, seed=3, val_fraction=0.125, test_fraction=0.0)
+    return out / "single"
+
+
+def _cfg(world: Path, *overrides: str):
+    from rsir.config import load_config
+
+    return load_config(REPO / "configs" / "demo.yaml",
+                       [f"data.shards={world}", *TINY, *overrides])
+
+
+def _starts(run_dir: Path, rank: int) -> list[dict]:
+    path = run_dir / "workers" / f"{rank}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _epochs(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x)["epoch"] for x in path.read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return _world(tmp_path_factory.mktemp("faults_world"))
+
+
+# ---------------------------------------------------------------------------------------
+# Each scenario runs in a subprocess on its own ``ray.cluster_utils.Cluster``.
+#
+# Why not the session's ``ray.init``: Ray Train V2's PlacementGroupCleaner (a detached actor
+# per run) asks the state API whether the controller is alive, and a process with no
+# RAY_ADDRESS resolves the state API through /tmp/ray/ray_current_cluster -- the Ray
+# instance started *last on this host*. With other Ray instances on the machine (parallel
+# test sessions) it asked another cluster, was told "no such actor", and removed the live
+# run's placement group, killing a healthy worker group. Pinning RAY_ADDRESS in the job's
+# runtime env makes every worker resolve its own cluster.
+# ---------------------------------------------------------------------------------------
+
+
+def _run_scenario(name: str, world: Path, run_dir: Path, timeout: int = 540) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
+                                                             "RAY_API_SERVER_ADDRESS")}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, name, str(world), str(run_dir)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, (proc.stdout[-3000:], proc.stderr[-6000:])
+    out = json.loads(line[-1][len("RESULT "):])
+    print(f"{name}: {time.perf_counter() - t0:.1f}s (incl. cluster start) {out}")
+    return out
+
+
+_CLUSTERS: list = []
+
+
+def _cluster(n_nodes: int, cpus_per_node: int):
+    """A local cluster of ``n_nodes`` and a driver connected to it (only it)."""
+    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": cpus_per_node, "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=cpus_per_node) for _ in range(n_nodes - 1)]
+    cluster.wait_for_nodes()
+    _CLUSTERS.append(cluster)
+    ray.init(address=cluster.address, log_to_driver=False, runtime_env={"env_vars": {
+        "OMP_NUM_THREADS": "1", "RAY_ADDRESS": cluster.address}})
+    return cluster, [cluster.head_node, *nodes]
+
+
+def _scenario_multinode(world: Path, run_dir: Path) -> dict:
+    """3 nodes of 1 CPU each; ``scaling.cpus_per_worker=1`` fits one training worker per
+    node, so the two ranks must be on two different nodes, and the third node's CPU runs
+    Ray Data. (rsir's ScalingConfig has no placement strategy: with Ray's default PACK,
+    0.5-CPU workers would share a node; with only 2 nodes x 1 CPU Ray Data gets no CPU.)"""
+    from rsir.train.trainer import fit
+
+    _, nodes = _cluster(3, 1)
+    cfg = _cfg(world, "train.epochs=1", "train.max_failures=0",
+               "scaling.num_workers=2", "scaling.cpus_per_worker=1")
+    result = fit(cfg, run_dir)
+    return {"epochs": [h["epoch"] for h in result.history],
+            "nodes": [n.node_id for n in nodes],
+            "ranks": {r: _starts(run_dir, r)[-1]["node_id"] for r in (0, 1)}}
+
+
+KILL_EPOCHS = 4
+
+
+def _scenario_kill(world: Path, run_dir: Path) -> dict:
+    """SIGKILL rank 1 once epoch 1's checkpoint is on disk; ``max_failures=1``."""
+    from rsir.train.trainer import fit
+
+    _cluster(1, 2)
+    cfg = _cfg(world, f"train.epochs={KILL_EPOCHS}", "train.max_failures=1",
+               "scaling.num_workers=2", "scaling.cpus_per_worker=0.5")
+    killed: dict = {}
+
+    def kill_rank1_after_epoch1() -> None:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            starts = _starts(run_dir, 1)
+            if starts and (run_dir / "checkpoint_epoch_0001").exists() \
+                    and 1 in _epochs(run_dir):
+                killed.update(pid=starts[0]["pid"], done_epochs=_epochs(run_dir))
+                os.kill(starts[0]["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=kill_rank1_after_epoch1, daemon=True)
+    watcher.start()
+    result = fit(cfg, run_dir)
+    watcher.join(timeout=5)
+    return {"killed": killed, "history_epochs": [h["epoch"] for h in result.history],
+            "best": str(result.best_checkpoint) if result.best_checkpoint else None}
+
+
+def _scenario_resume(world: Path, run_dir: Path) -> dict:
+    """fit 2 epochs, then fit again into the same run directory with 4."""
+    from rsir.train.trainer import fit
+
+    _cluster(1, 2)
+    base = ["train.max_failures=0", "scaling.num_workers=2", "scaling.cpus_per_worker=0.5"]
+    first = fit(_cfg(world, "train.epochs=2", *base), run_dir)
+    ckpt1 = run_dir / "checkpoint_epoch_0001" / "checkpoint.pt"
+    mtime1 = ckpt1.stat().st_mtime_ns if ckpt1.exists() else None
+    second = fit(_cfg(world, "train.epochs=4", *base), run_dir)
+    return {"first": first.history, "second": second.history, "ckpt1_mtime": mtime1,
+            "ckpt1_mtime_after": ckpt1.stat().st_mtime_ns if ckpt1.exists() else None,
+            "checkpoints": sorted(p.name for p in run_dir.glob("checkpoint_epoch_*"))}
+
+
+# ---------------------------------------------------------------------------------------
+# The tests
+# ---------------------------------------------------------------------------------------
+
+
+def test_two_workers_on_two_nodes(world, tmp_path):
+    run_dir = tmp_path / "run"
+    out = _run_scenario("multinode", world, run_dir)
+    assert out["epochs"] == [0]
+    node0, node1 = out["ranks"]["0"], out["ranks"]["1"]
+    assert node0 != node1
+    assert {node0, node1} <= set(out["nodes"])
+
+
+def test_killed_worker_resumes_from_last_checkpoint(world, tmp_path):
+    run_dir = tmp_path / "run"
+    out = _run_scenario("kill", world, run_dir)
+    killed = out["killed"]
+    assert killed, "the watcher never saw epoch 1's checkpoint"
+    assert max(killed["done_epochs"]) < KILL_EPOCHS - 1, "the run ended before the kill"
+    # Completed, each epoch once.
+    assert out["history_epochs"] == list(range(KILL_EPOCHS))
+    assert _epochs(run_dir) == list(range(KILL_EPOCHS))
+    assert out["best"] is not None
+    # Rank 1 started twice: fresh, then after the group restart, from a checkpoint.
+    s1 = _starts(run_dir, 1)
+    assert len(s1) == 2 and s1[0]["start_epoch"] == 0 and s1[0]["pid"] == killed["pid"]
+    assert s1[1]["pid"] != killed["pid"]
+    # Resumed from the newest committed checkpoint: at most the epoch whose report was in
+    # flight at the kill is redone. A checkpoint counts once every rank has reported, so
+    # epoch 1's folder may exist while the restart resumes from epoch 0's.
+    last_done = max(killed["done_epochs"])
+    resumed = s1[1]["start_epoch"]
+    assert last_done <= resumed <= last_done + 1, (resumed, killed)
+    assert [s["start_epoch"] for s in _starts(run_dir, 0)] == [0, resumed]
+
+
+def test_fit_again_continues_epoch_count(world, tmp_path):
+    run_dir = tmp_path / "run"
+    out = _run_scenario("resume", world, run_dir)
+    assert [h["epoch"] for h in out["first"]] == [0, 1]
+    assert [h["epoch"] for h in out["second"]] == [0, 1, 2, 3]
+    # Epochs 0 and 1 were not trained again: the same records (losses, timings), every
+    # worker's second start is at epoch 2, and epoch 1's checkpoint was never rewritten.
+    assert out["second"][:2] == out["first"]
+    for rank in (0, 1):
+        assert [s["start_epoch"] for s in _starts(run_dir, rank)] == [0, 2]
+    assert out["ckpt1_mtime"] is not None
+    assert out["ckpt1_mtime_after"] in (None, out["ckpt1_mtime"])  # aged out or untouched
+    # keep_checkpoints=2 keeps the 2 best by val_mR, and Ray always keeps the newest too.
+    assert out["checkpoints"][-1] == "checkpoint_epoch_0003"
+    assert 2 <= len(out["checkpoints"]) <= 3
+
+
+SCENARIOS = {"multinode": _scenario_multinode, "kill": _scenario_kill,
+             "resume": _scenario_resume}
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] in SCENARIOS:
+    import ray
+
+    try:
+        result = SCENARIOS[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]).resolve())
+        print("RESULT " + json.dumps(result), flush=True)
+    finally:
+        ray.shutdown()
+        for c in _CLUSTERS:
+            c.shutdown()
