@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,18 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for the whole test session (ray.init costs ~10 s)."""
-    import ray
+    """One local Ray instance for the whole test session (starting Ray costs ~10 s).
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    A head node of our own, and its address pinned in every worker's environment: Ray
+    Train's placement-group cleaner looks its controller up through ``RAY_ADDRESS`` (or
+    else the newest Ray instance on the host, which may be another test's cluster).
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    ray.init(address=cluster.address, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_ADDRESS": cluster.address}})
     yield ray
     ray.shutdown()
+    cluster.shutdown()

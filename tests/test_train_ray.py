@@ -35,4 +35,6 @@ def test_short_ray_train_run_loss_falls_and_checkpoints(ray_session, world, tmp_
     assert (run / "config.yaml").exists() and (run / "curves.png").exists()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
-    assert len(list(run.glob("checkpoint_epoch_*"))) == 2  # keep_checkpoints: 2
+    # keep_checkpoints: 2 best by val mR, and Ray always keeps the newest as well
+    kept = sorted(p.name for p in run.glob("checkpoint_epoch_*"))
+    assert 2 <= len(kept) <= 3 and kept[-1] == "checkpoint_epoch_0002"

@@ -237,23 +237,24 @@ def density_phrase(lang: str, noun: str, density: str) -> str:
 
 
 def scene_captions(
-    lang: str, scene_class: str, noun: str, count: int, adjectives: tuple[str, ...],
+    lang: str, scene_class: str, noun: str, count: str | int, adjectives: tuple[str, ...],
     context: str, road: bool, density: str,
 ) -> list[str]:
     """Five captions of one scene in ``lang``.
 
-    Every caption names the class, the colour and exact count of the main objects, and
-    one or two of the other attributes, so few captions in an archive are identical.
+    Every caption names the class, the colour and the quantity (a word, or an exact
+    count) of the main objects, and one or two of the other attributes.
     """
+    count = _quantity_word(count)
     np_ = noun_phrase(lang, noun, count, *adjectives)
     np_color = noun_phrase(lang, noun, count, *adjectives[:1])
     cls = CLASSES[scene_class][lang]
     ctx = CONTEXTS[context][lang]
     rd = ROAD[road][lang]
     # The density sentence needs 3+ objects; with fewer, the caption names the road.
-    tail = density_phrase(lang, noun, density) if count >= 3 else rd
+    tail = density_phrase(lang, noun, density) if _is_plural(count) and count != "two" else rd
     if lang == "en":
-        there = "there is" if count == 1 else "there are"
+        there = "there is" if count == "one" else "there are"
         return [f"{np_color} in {cls} {ctx}", f"{cls} with {np_color} {rd}",
                 f"{there} {np_} {ctx} in {cls}",
                 f"an aerial view of {cls} with {np_color} {tail}", f"{np_} {rd} in {cls}"]
@@ -263,7 +264,7 @@ def scene_captions(
                 f"il y a {np_} {ctx} dans {cls}",
                 f"une vue aérienne {de_cls} avec {np_color} {tail}", f"{np_} {rd} dans {cls}"]
     if lang == "it":
-        there = "c'è" if count == 1 else "ci sono"
+        there = "c'è" if count == "one" else "ci sono"
         return [f"{np_color} in {cls} {ctx}", f"{cls} con {np_color} {rd}",
                 f"{there} {np_} {ctx} in {cls}",
                 f"una vista aerea di {cls} con {np_color} {tail}", f"{np_} {rd} in {cls}"]

@@ -156,7 +156,7 @@ def sample_scene(rng: np.random.Generator, size: int = 64) -> Scene:
     quantity = str(rng.choice(lex.QUANTITIES))
     density = str(rng.choice(["dense", "sparse"]))
     # harbors are on water already; their context is the shore or open water
-    context = str(rng.choice(["water", "trees", "open"]))
+    context = str(rng.choice(["water", "open"] if main == "tree" else ["water", "trees", "open"]))
     road = bool(rng.random() < 0.5) and scene_class != "harbor"
     scene = Scene(scene_class, size, color, shape, quantity, density, context, road,
                   road_pos=int(rng.integers(size // 4, 3 * size // 4)),
@@ -251,8 +251,7 @@ def scene_row(index: int, seed: int, split: str, size: int = 64) -> dict[str, An
     rng = np.random.default_rng([seed, 0, index])
     scene = sample_scene(rng, size)
     adjectives = (scene.color, scene.shape) if scene.main == "building" else (scene.color,)
-    count = sum(o.category == scene.main for o in scene.objects)
-    captions = {lang: lex.scene_captions(lang, scene.scene_class, scene.main, count,
+    captions = {lang: lex.scene_captions(lang, scene.scene_class, scene.main, scene.quantity,
                                          adjectives, scene.context, scene.road, scene.density)
                 for lang in lex.LANGS}
     return make_row(
@@ -325,7 +324,8 @@ def _apply_change(
     count = len(changed)
     color = changed[0].color if changed else color
     adjectives = (color,) if len(CATEGORY_COLORS[cat]) > 1 else ()
-    captions = {lang: lex.change_captions(lang, op, cat, count, adjectives, quadrant)
+    quantity = quantity_class(count)
+    captions = {lang: lex.change_captions(lang, op, cat, quantity, adjectives, quadrant)
                 for lang in lex.LANGS}
     return t2, {"change": op, "category": cat, "count": str(count), "location": quadrant,
                 "color": color}, captions
