@@ -533,7 +533,7 @@ def test_rayjob_entrypoints_and_recipes_exist(name):
         for rel in (script, recipe):
             if not (REPO / rel).is_file():
                 missing.append(rel)
-        assert all(re.fullmatch(r"[a-z_]+(\.[a-z_]+)+=\S+", o) for o in overrides), overrides
+        assert all(re.fullmatch(r"[a-z_]+(\.[a-z_]+)*=\S+", o) for o in overrides), overrides
         if (REPO / recipe).is_file():
             _check_overrides(REPO / recipe, overrides)
         assert job["spec"]["clusterSelector"] == {"ray.io/cluster": "rsir"}
@@ -546,7 +546,7 @@ def _storage_uris(objs: list[dict[str, Any]]) -> list[str]:
     for job in by_kind(objs, "RayJob").values():
         for o in _entrypoint(job)[2]:
             key, value = o.split("=", 1)
-            if key in ("data.shards", "train.run_dir", "model.checkpoint"):
+            if key in ("data.shards", "train.run_dir", "model.checkpoint", "run_dir"):
                 out.append(value)
     return out
 

@@ -4,8 +4,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from rsir.data.schema import (SHARD_SCHEMA, attributes_dict, decode_image, encode_image,
-                              iter_rows, make_row, read_table, write_shards)
+from rsir.data.schema import (
+    SHARD_SCHEMA,
+    attributes_dict,
+    decode_image,
+    encode_image,
+    iter_rows,
+    make_row,
+    read_table,
+    write_shards,
+)
 
 
 def rows(n):

@@ -121,10 +121,10 @@ def test_interrupted_campaign_resumes(ray_session, tmp_path):
 def test_train_campaign_asha(ray_session, tmp_path):
     from rsir.data.demo_world import generate
 
-    generate(tmp_path / "world", 200, 0, seed=0, size=32)
+    generate(tmp_path / "world", 200, 0, seed=0)
     cfg = load_tune_config("configs/tune_train.yaml", [
         f"recipe_overrides=[data.shards={tmp_path / 'world' / 'single'}, scaling.num_workers=1,"
-        " scaling.cpus_per_worker=0.5, train.epochs=4, data.image_size=32, demo.image_size=32,"
+        " scaling.cpus_per_worker=0.5, train.epochs=4, data.batch_size=32,"
         " model.embed_dim=32, optim.warmup_epochs=0]",
         "num_samples=4", "scheduler.max_t=4", "scheduler.grace_period=1",
         "searcher.name=random", "max_concurrent_trials=2"])

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from rsir.config import RecipeConfig, load_config, save_config
-from rsir.metrics.retrieval import chance_recall, cross_modal_recall
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +112,11 @@ def run_demo(cfg: RecipeConfig, out: Path) -> dict[str, dict[str, Any]]:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    import ray
+    from rsir.cluster import init_ray
 
     cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     out = Path(args.out)
-    if not ray.is_initialized():
-        # Workers import rsir from the installed package; one torch thread each.
-        ray.init(address=args.address, include_dashboard=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    init_ray(args.address)  # workers import rsir from the installed package
     t0 = time.perf_counter()
     report = run_demo(cfg, out)
     save_config(cfg, out / "config.yaml")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from rsir.cluster import init_ray
 from rsir.config import RecipeConfig, load_config, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -89,16 +90,9 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
     return report
 
 
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-
-
 def evaluate_main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    _init_ray(args.address)
+    init_ray(args.address)
     out = Path(args.out or Path(cfg.train.run_dir) / cfg.name / "report")
     report = evaluate(cfg, _checkpoint(cfg, args.checkpoint), out)
     print(f"{cfg.name}: mR {report['recall']['plain']['mR']:.2f} "
@@ -110,7 +104,7 @@ def index_main(args: argparse.Namespace) -> int:
     from rsir.inference import embed_split, publish_split
 
     cfg = load_config(args.config, args.overrides)
-    _init_ray(args.address)
+    init_ray(args.address)
     checkpoint = _checkpoint(cfg, args.checkpoint)
     out = Path(args.out or Path(cfg.train.run_dir) / cfg.name / "archive")
     emb = embed_split(cfg, checkpoint, args.split or cfg.data.test_split, language=None)

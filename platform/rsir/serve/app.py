@@ -562,10 +562,10 @@ def build_app_from_config(args: dict[str, Any]):
 
 def cli_main(args: Any) -> int:
     """``rsir serve --config configs/serve.yaml [key=value ...]``: run until interrupted."""
-    import ray
+    from rsir.cluster import init_ray
 
     cfg = load_config(args.config, list(getattr(args, "overrides", []) or []), cls=ServeConfig)
-    ray.init(address=getattr(args, "address", None) or None)
+    init_ray(getattr(args, "address", None))
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name="rsir", route_prefix="/", blocking=False)
     print(f"rsir serving on http://{cfg.host}:{cfg.port}/  (docs: /docs)", flush=True)

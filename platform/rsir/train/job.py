@@ -23,8 +23,7 @@ def resolve(args: argparse.Namespace) -> tuple[RecipeConfig, Path]:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    import ray
-
+    from rsir.cluster import init_ray
     from rsir.train.trainer import fit
 
     cfg, run_dir = resolve(args)
@@ -33,8 +32,7 @@ def cli_main(args: argparse.Namespace) -> int:
         from rsir.demo import ensure_world
 
         ensure_world(cfg, shards.parent)
-    if not ray.is_initialized():
-        ray.init(address=args.address, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    init_ray(args.address)
     result = fit(cfg, run_dir)
     last = result.history[-1] if result.history else {}
     print(f"trained {cfg.name}: {len(result.history)} epochs in {result.run_dir}; "

@@ -306,8 +306,9 @@ def plot_metric_vs_params(cfg: TuneConfig, rows: list[dict[str, Any]], path: Pat
 
 def cli_main(args: argparse.Namespace) -> int:
     """``rsir tune --config X [overrides]`` or ``rsir tune --resume RUN_DIR``."""
-    if not ray.is_initialized():
-        ray.init(address=getattr(args, "address", None))
+    from rsir.cluster import init_ray
+
+    init_ray(getattr(args, "address", None))
     if getattr(args, "resume", None):
         summary = resume_campaign(args.resume)
     else:
