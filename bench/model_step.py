@@ -20,6 +20,7 @@ from rsir.losses import create_loss
 from rsir.models import create_model
 from rsir.models.text_towers import tokens_to
 from rsir.optim import create_optimizer
+from rsir.training_step import contrastive_loss, optimizer_step
 
 
 def measure(cfg, batch: int, steps: int, bf16: bool, device: str) -> float:
@@ -34,14 +35,11 @@ def measure(cfg, batch: int, steps: int, bf16: bool, device: str) -> float:
     tokens = tokens_to(model.tokenize([f"caption number {i} of the batch" for i in range(batch)]),
                        device)
 
+    inputs = {key: images, "tokens": tokens}
+
     def step() -> None:
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-            out = model({key: images, "tokens": tokens})
-            loss = loss_fn(out["image_features"].float(), out["text_features"].float(),
-                           out["logit_scale"].float())["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        contrastive_loss(model, loss_fn, inputs, bf16=bf16)["loss"].backward()
+        optimizer_step(model, opt)
 
     for _ in range(3):  # warm-up
         step()

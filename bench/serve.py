@@ -1,23 +1,30 @@
 """Serve benchmark: text -> image search over a 100k-vector archive on loopback, with and
-without dynamic batching of the text encoder (max_batch_size 1 vs N), in one run.
+without dynamic batching (ingress ``max_batch_size`` 1 vs N), in one run.
 
-    python bench/serve.py [--vectors 100000] [--requests 400] [--concurrency 16] [--batch 32]
+    python bench/serve.py [--vectors 100000] [--requests 400] [--concurrency 32] [--batch 32]
 
-Prints p50 / p99 latency and req/s of each setting and the ratio batched / unbatched.
-The model is the untrained tiny dual encoder (the cost of a query does not depend on
-the weights); the archive holds random unit vectors.
+Batched, the ingress sends the texts that queued while the previous batch ran to the text
+encoder in one call (one forward) and scores them against the archive in one matrix
+product; with max_batch_size 1 the same code runs once per request. Prints p50 / p99
+latency, req/s, the mean batch size and the CPU milliseconds each process spent per
+request (the load generator included: all share the machine's cores), then the ratios
+batched / unbatched. The model is the untrained tiny dual encoder (the cost of a query
+does not depend on the weights); the archive holds random unit vectors.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+# Ray process titles (ray::<actor class or replica>) -> the role reported per request.
+ROLES = {"ProxyActor": "proxy", "Ingress": "ingress", "TextEncoder": "text encoder"}
 
 
 def _free_port() -> int:
@@ -26,46 +33,65 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def load(url: str, texts: list[str], n: int, concurrency: int) -> dict[str, float]:
-    import requests
+async def _load(url: str, texts: list[str], n: int, concurrency: int) -> dict[str, float]:
+    """``n`` searches from ``concurrency`` clients, each sending its next request when the
+    last one is answered (asyncio: a thread per client would eat the cores measured)."""
+    import aiohttp
 
     lat: list[float] = []
-    errors = [0]
-    counter = iter(range(n))
-    lock = threading.Lock()
+    errors = 0
+    todo = iter(range(n))
 
-    def worker() -> None:
-        s = requests.Session()
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        for i in todo:
+            body = {"kind": "text", "text": texts[i % len(texts)], "target": "images", "k": 10}
             t = time.perf_counter()
-            r = s.post(url + "/v1/search", json={"kind": "text", "text": texts[i % len(texts)],
-                                                 "target": "images", "k": 10}, timeout=60)
-            dt = time.perf_counter() - t
-            with lock:
-                lat.append(dt)
-                errors[0] += r.status_code != 200
+            async with session.post(url + "/v1/search", json=body) as r:
+                await r.read()
+                errors += r.status != 200
+            lat.append(time.perf_counter() - t)
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(60)) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
     a = np.asarray(lat) * 1000
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "rps": n / wall, "errors": errors[0], "n": n}
+            "rps": n / wall, "errors": errors, "n": n}
+
+
+def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid -> (role, user + system CPU seconds) of this process and the Ray processes it
+    started (``ray.init(address="local")``: all are its descendants)."""
+    import psutil
+
+    me = psutil.Process()
+    out = {me.pid: ("client", sum(me.cpu_times()[:2]))}
+    for p in me.children(recursive=True):
+        try:
+            title, cpu = " ".join(p.cmdline()), sum(p.cpu_times()[:2])
+        except psutil.Error:
+            continue
+        role = next((r for key, r in ROLES.items() if key in title), "other ray")
+        out[p.pid] = (role, cpu)
+    return out
+
+
+def _cpu_ms_per_request(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                        n: int) -> dict[str, float]:
+    per: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        per[role] = per.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
+    return {role: 1000 * s / n for role, s in sorted(per.items())}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vectors", type=int, default=100_000)
     ap.add_argument("--requests", type=int, default=400)
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--num-cpus", type=int, default=None)
     args = ap.parse_args(argv)
@@ -108,17 +134,26 @@ def main(argv: list[str] | None = None) -> int:
                 if h.get("archives", {}).get("images", {}).get("count") == args.vectors:
                     break
                 time.sleep(0.2)
-            load(url, texts, 2 * args.concurrency, args.concurrency)  # warm-up
-            results[batch] = load(url, texts, args.requests, args.concurrency)
-            r = results[batch]
+            asyncio.run(_load(url, texts, 2 * args.concurrency, args.concurrency))  # warm-up
+            ingress = serve.get_deployment_handle("Ingress", "bench")
+            batches0, items0 = ingress.batch_counts.remote().result()["text_top_k"]
+            before = _cpu_seconds()
+            r = results[batch] = asyncio.run(_load(url, texts, args.requests, args.concurrency))
+            r["cpu_ms"] = _cpu_ms_per_request(before, _cpu_seconds(), args.requests)
+            batches, items = ingress.batch_counts.remote().result()["text_top_k"]
+            r["mean_batch"] = (items - items0) / max(batches - batches0, 1)
             print(f"max_batch_size={batch:>3}: p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-                  f"{r['rps']:7.1f} req/s  errors {r['errors']}/{r['n']}", flush=True)
+                  f"{r['rps']:7.1f} req/s  mean batch {r['mean_batch']:5.1f}  "
+                  f"errors {r['errors']}/{r['n']}", flush=True)
+            print("  CPU ms per request: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms"].items())
+                  + f"; total {sum(r['cpu_ms'].values()):.1f}", flush=True)
     finally:
         serve.shutdown()
     one, many = results[1], results[args.batch]
     print(f"archive {args.vectors} vectors, {args.requests} requests, concurrency {args.concurrency}")
     print(f"ratio batched/unbatched: throughput x{many['rps'] / one['rps']:.2f}, "
-          f"p50 x{many['p50_ms'] / one['p50_ms']:.2f}, p99 x{many['p99_ms'] / one['p99_ms']:.2f}")
+          f"p50 x{many['p50_ms'] / one['p50_ms']:.2f}, p99 x{many['p99_ms'] / one['p99_ms']:.2f}, "
+          f"CPU per request x{sum(many['cpu_ms'].values()) / sum(one['cpu_ms'].values()):.2f}")
     return 0
 
 

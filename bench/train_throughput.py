@@ -79,8 +79,8 @@ def plain_loop(cfg, rows: dict[str, np.ndarray], threads: int, gpu: bool) -> dic
     from rsir.data.transforms import preprocess_batch
     from rsir.losses import create_loss
     from rsir.models import create_model
-    from rsir.models.text_towers import tokens_to
     from rsir.optim import create_optimizer
+    from rsir.training_step import batch_inputs, contrastive_loss, optimizer_step
 
     t_wall = time.perf_counter()
     torch.set_num_threads(threads)
@@ -103,20 +103,10 @@ def plain_loop(cfg, rows: dict[str, np.ndarray], threads: int, gpu: bool) -> dic
             raw = {k: v[idx] for k, v in rows.items()}
             batch = preprocess_batch(raw, cfg.data, train=True,
                                      seed=cfg.train.seed * 100003 + epoch * 1009 + b)
-            tokens = tokens_to(model.tokenize(list(batch["text"])), device)
-            inputs = {image_key: torch.as_tensor(batch[image_key], device=device),
-                      "tokens": tokens}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                out = model(inputs)
-                losses = loss_fn(out["image_features"].float(), out["text_features"].float(),
-                                 out["logit_scale"].float())
+            losses = contrastive_loss(model, loss_fn, batch_inputs(model, batch, image_key, device),
+                                      bf16=use_bf16)
             losses["loss"].backward()
-            if cfg.optim.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, 4.6052)
+            optimizer_step(model, optimizer, cfg.optim.grad_clip_norm)
             n_samples += len(batch["text"])
         if gpu:
             torch.cuda.synchronize()

@@ -101,3 +101,19 @@ def test_lambda_sweep_endpoints_match_unimodal_rankings() -> None:
     # Phi(z) is monotone per row: lambda 0 ranks like the image, lambda 1 like the text.
     assert table[0.0] == pytest.approx({**img["per_attribute"], "avg": img["mAP"]})
     assert table[1.0] == pytest.approx({**txt["per_attribute"], "avg": txt["mAP"]})
+
+
+def test_composed_gallery_examples_follow_the_text_at_lambda_one() -> None:
+    from rsir.report import composed_examples
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.stack([TEXT_SIMS[t] for t in texts])
+
+    ex = composed_examples(IDS, CLASSES, ATTRS, IMAGE_SIMS, encode, lam=1.0, k=5)
+    assert [(e["query"], e["attribute"], e["text"]) for e in ex] == [
+        ("img6", "color", "red"), ("img1", "shape", "rect")]
+    # λ = 1 ranks by Φ(z) of the text row: "red" puts the ferry terminal first (same merged
+    # class "pier", colour red -> relevant); "rect" puts pool img0 first, then img3 (no shape).
+    assert ex[0]["top"][0] == "img5" and ex[0]["relevant"][0]
+    assert ex[1]["top"] == ["img0", "img3", "img2", "img1", "img4"]
+    assert ex[1]["relevant"] == [True, False, False, False, False]

@@ -807,8 +807,9 @@ def local_ray_cluster(workdir: Path) -> Iterator[tuple[str, dict[str, str]]]:
     ports, and its own token: Ray 2.60 turns token authentication on when a token exists
     (``~/.ray/auth_token``, which any earlier ``ray.init()`` creates), so the cluster runs
     with ``RAY_AUTH_MODE=token`` and a fresh ``RAY_AUTH_TOKEN`` (inherited by its drivers
-    and workers) and the client sends it as a bearer header; nothing is written to ~/.ray. Teardown stops only this cluster: SIGTERM to ``ray start --block`` (which
-    then shuts its node down), SIGKILL to its process group if anything is left.
+    and workers) and the client sends it as a bearer header; nothing is written to ~/.ray.
+    Teardown stops only this cluster: SIGTERM to ``ray start --block`` (which then shuts its
+    node down), SIGKILL to its process group if anything is left.
     ``ray stop`` is not used: it stops every Ray process on the machine, including the
     session's ``ray_session``.
     """

@@ -20,7 +20,7 @@ def test_importing_rsir_and_the_pure_library_never_imports_ray():
     code = (
         "import sys, rsir, rsir.models, rsir.losses, rsir.config, rsir.retrieval.composed, "
         "rsir.retrieval.rerank, rsir.metrics.retrieval, rsir.data.schema, rsir.data.demo_world, "
-        "rsir.data.transforms, rsir.data.converters; print('ray' in sys.modules)"
+        "rsir.data.transforms, rsir.data.converters, rsir.optim, rsir.training_step; print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True)
@@ -34,3 +34,11 @@ def test_import_linter_contract_holds():
     out = subprocess.run([exe], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "1 kept, 0 broken" in out.stdout
+
+
+def test_ruff_finds_nothing():
+    exe = shutil.which("ruff", path=str(REPO / ".venv" / "bin")) or shutil.which("ruff")
+    assert exe, "ruff is a dev dependency"
+    out = subprocess.run([exe, "check", "platform", "tests", "jobs", "bench"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

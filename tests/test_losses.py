@@ -166,3 +166,30 @@ def test_global_batch_equals_single_process(tmp_path) -> None:
             rows = slice(rank * per, (rank + 1) * per)
             torch.testing.assert_close(r_gi, WORLD * full_i.grad[rows], msg=name)
             torch.testing.assert_close(r_gt, WORLD * full_t.grad[rows], msg=name)
+
+
+def test_training_step_loss_matches_the_loss_and_step_clamps_temperature() -> None:
+    import numpy as np
+
+    from rsir.config import ModelConfig, TowerConfig
+    from rsir.models import create_model
+    from rsir.training_step import MAX_LOGIT_SCALE, batch_inputs, contrastive_loss, optimizer_step
+
+    tiny = TowerConfig("open_clip", {"model_name": "rsir-tiny"})
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(image_tower=tiny, text_tower=tiny, embed_dim=32))
+    loss_fn = create_loss(LossConfig())
+    batch = {"image": np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32),
+             "text": ["a red roof", "two trees", "a road", "a pool"]}
+    inputs = batch_inputs(model, batch, "image", torch.device("cpu"))
+    losses = contrastive_loss(model, loss_fn, inputs)
+    out = model(dict(inputs))
+    direct = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])["loss"]
+    assert float(losses["loss"]) == pytest.approx(float(direct), rel=1e-6)
+    losses["loss"].backward()
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)  # as if a step had pushed τ below 0.01
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer_step(model, opt, grad_clip_norm=0.1)
+    assert float(model.logit_scale) == pytest.approx(MAX_LOGIT_SCALE)
+    assert all(p.grad is None for p in model.parameters())

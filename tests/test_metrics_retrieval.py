@@ -40,6 +40,17 @@ def test_recall_hand_computed_with_ties() -> None:
     assert res["mR"] == pytest.approx((75 + 250 / 3 + 100 + 50 + 75 + 100) / 6)
 
 
+def test_recall_restricted_to_query_images() -> None:
+    # Queries from images 1 and 2 only; image 0 and its captions stay in the rankings.
+    res = cross_modal_recall(SIM, TEXT_IMAGE, ks=(1, 2), query_images=[False, True, True])
+    # i2t: image 1 hits at rank 0; image 2 ties with three negatives (1/4 at K=1, 2/4 at K=2).
+    assert res["i2t"] == pytest.approx({1: 100 * 1.25 / 2, 2: 100 * 1.5 / 2})
+    # t2i: text 2 (image 1) ranks second behind image 0; text 3 (image 2) ranks first.
+    assert res["t2i"] == pytest.approx({1: 50.0, 2: 100.0})
+    with pytest.raises(ValueError, match="no query"):
+        cross_modal_recall(SIM, TEXT_IMAGE, query_images=[False, False, False])
+
+
 def test_recall_accepts_torch_and_ties_between_positives() -> None:
     # Image 0's two captions tie at 0.9: only the negative at 0.95 is ahead -> rank 1.
     sim = torch.tensor([[0.9, 0.9, 0.95], [0.0, 0.0, 1.0]])

@@ -156,6 +156,10 @@ class DemoConfig:
     test_fraction: float = 0.25
     # `rsir train` generates the world into the parent of `data.shards` when it is missing.
     generate_if_missing: bool = False
+    # `rsir demo` trains and evaluates one run per task: its name -> `a.b=value` overrides
+    # of this recipe (`data.task` picks the single-date or the bitemporal shards).
+    tasks: dict[str, list[str]] = field(default_factory=lambda: {
+        "single": ["data.task=single"], "pair": ["data.task=pair"]})
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,28 @@ def _split_meta(cfg: RecipeConfig, split: str, ids: list[str]) -> dict[str, list
             "thumbs": thumbs}
 
 
+def _caption_protocol(cfg: RecipeConfig, checkpoint: str, test: Any, keep: np.ndarray,
+                      lang: str) -> tuple[dict[str, Any], int]:
+    """The time-series paper's caption-metric protocol on val+test merged, as it specifies;
+    returns the scores and the number of pairs merged."""
+    from rsir.inference import embed_split
+    from rsir.metrics.captions import caption_retrieval_scores
+
+    val = embed_split(cfg, checkpoint, cfg.data.val_split, language=lang)
+    visual = np.concatenate([val.visual, test.visual])
+    vectors = np.concatenate([val.text_vectors, test.text_vectors[keep]])
+    owner = np.concatenate([val.text_owner, test.text_owner[keep] + len(val.ids)])
+    texts = val.texts + [t for t, k in zip(test.texts, keep) if k]
+    changed = np.array(val.changed + test.changed, bool)
+    return caption_retrieval_scores(visual @ vectors.T, owner, texts, changed), len(visual)
+
+
 def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
     """Embed the test split (archive published under ``out/archive``), score it, and write
     ``report.json``, ``report.md``, plots and ``gallery.html`` into ``out``."""
     from rsir import report as rep
     from rsir.inference import embed_split, load_trained, publish_split
+    from rsir.metrics.retrieval import cross_modal_recall
     from rsir.retrieval.embed import embed_texts
 
     split = cfg.data.test_split
@@ -66,17 +83,16 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"name": cfg.name, "split": split, "checkpoint": checkpoint,
                               "task": cfg.data.task, "language": main_lang,
                               "recall": rep.recall_section(sim, owner, cfg.eval.ks, rerank)}
-    from rsir.metrics.retrieval import cross_modal_recall
-
     report["per_language"] = {
         lang: cross_modal_recall(emb.visual @ emb.text_vectors[langs == lang].T,
                                  emb.text_owner[langs == lang], ks=cfg.eval.ks)
         for lang in sorted(set(emb.langs))}
     if cfg.data.task == "pair":
-        # The paper merges val+test; here the test split alone is scored (leave-one-out).
-        from rsir.metrics.captions import caption_retrieval_scores
-
-        report["captions"] = caption_retrieval_scores(sim, owner, texts, np.array(emb.changed, bool))
+        changed = np.array(emb.changed, bool)
+        report["recall_change_queries"] = cross_modal_recall(sim, owner, ks=cfg.eval.ks,
+                                                             query_images=changed)
+        report["captions"], report["caption_protocol_pairs"] = _caption_protocol(
+            cfg, checkpoint, emb, keep, main_lang)
     elif any(meta["attributes"]):
         _, model = load_trained(to_dict(cfg), checkpoint)
         report["composed"] = rep.composed_section(
@@ -84,7 +100,8 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
             lambda ts: embed_texts(model, ts))
     plot_paths = rep.plots(report, emb.visual, emb.text_vectors[keep], meta["class_name"], owner, out)
     gallery = rep.gallery(sim, emb.ids, meta["thumbs"], texts, owner,
-                          title="pairs" if cfg.data.task == "pair" else "images")
+                          title="pairs" if cfg.data.task == "pair" else "images",
+                          composed=report.get("composed", {}).get("examples", ()))
     rep.write_report(report, out, gallery, plot_paths)
     save_config(cfg, out / "config.yaml")
     return report

@@ -97,6 +97,10 @@ def embed_split(
     # Captions and flags are small: read them on the driver, in the row order above.
     meta = read_split(cfg.data.shards, split, columns=["id", "split", "captions", "changed"])
     by_id = {str(r["id"]): r for r in meta.iter_rows()}
+    if len(ids) < len(by_id):  # preprocessing dropped them (each logged with why by a worker)
+        missing = sorted(set(by_id) - set(ids))
+        log.warning("embedding %s: skipped %d corrupt or invalid rows of %d, e.g. %s",
+                    split, len(missing), len(by_id), missing[:10])
     rows = [by_id[i] for i in ids]
     texts, langs, owner = explode_captions([list(r["captions"]) for r in rows], language)
     text_ds = ray.data.from_items([{"pos": i, "text": t} for i, t in enumerate(texts)])

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from rsir.metrics.retrieval import chance_recall, cross_modal_recall
-from rsir.retrieval.composed import lambda_sweep, patterncom_eval
+from rsir.retrieval.composed import PATTERNCOM_CLASS_MAPPING, lambda_sweep, patterncom_eval, weicom
 from rsir.retrieval.rerank import multivariate_rerank
 
 BASELINES = ("text_only", "image_only", "average")
@@ -49,7 +49,34 @@ def composed_section(
     baselines = {m: patterncom_eval(ids, classes, attributes, image_sims, text_sims, method=m)["mAP"]
                  for m in BASELINES}
     return {"lambda_table": {str(k): v for k, v in table.items()}, "best_lambda": best_lam,
-            "best_mAP": table[best_lam]["avg"], "baselines": baselines}
+            "best_mAP": table[best_lam]["avg"], "baselines": baselines,
+            "examples": composed_examples(ids, classes, attributes, image_sims, text_sims, best_lam)}
+
+
+def composed_examples(
+    ids: Sequence[str], classes: Sequence[str], attributes: Sequence[dict[str, str]],
+    image_sims: np.ndarray, text_sims: Callable[[list[str]], np.ndarray], lam: float,
+    n_queries: int = 4, k: int = 5,
+) -> list[dict[str, Any]]:
+    """Top-k WEICOM results of sample composed queries (one per attribute, in turn), each
+    result marked relevant by the PATTERNCOM rule (same merged class, the text's value)."""
+    queries = patterncom_eval(ids, classes, attributes, image_sims, text_sims, "weicom", lam)["queries"]
+    by_attr: dict[str, list[tuple[str, str, str, float]]] = {}
+    for q in queries:
+        by_attr.setdefault(q[1], []).append(q)
+    picked = [group[len(group) // 2] for group in by_attr.values()][:n_queries]
+    index = {x: i for i, x in enumerate(ids)}
+    merged = [PATTERNCOM_CLASS_MAPPING.get(c, c) for c in classes]
+    out = []
+    for qid, attr, text, ap in picked:
+        q = index[qid]
+        scores = weicom(image_sims[q:q + 1], text_sims([text]), lam)[0]
+        top = np.argsort(-scores, kind="stable")[:k]
+        out.append({"query": qid, "attribute": attr, "text": text, "AP": ap,
+                    "top": [ids[i] for i in top],
+                    "relevant": [bool(merged[i] == merged[q] and attributes[i].get(attr) == text)
+                                 for i in top]})
+    return out
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -65,11 +92,15 @@ def markdown(report: dict[str, Any]) -> str:
             r = rec[name]
             lines.append(f"| {name} | " + " | ".join(f"{r['i2t'][k]:.2f}" for k in ks) + " | "
                          + " | ".join(f"{r['t2i'][k]:.2f}" for k in ks) + f" | {r['mR']:.2f} |")
+    if "recall_change_queries" in report:
+        r = report["recall_change_queries"]
+        lines.append("| plain, change queries only | " + " | ".join(f"{r['i2t'][k]:.2f}" for k in ks)
+                     + " | " + " | ".join(f"{r['t2i'][k]:.2f}" for k in ks) + f" | {r['mR']:.2f} |")
     if "per_language" in report:
         lines += ["", "## Per language (mR %)", "", "| language | mR |", "|---|---|"]
         lines += [f"| {lang} | {r['mR']:.2f} |" for lang, r in report["per_language"].items()]
     if "captions" in report:
-        lines += ["", "## Caption metrics of the top-5 (time-series paper, Tables I-II)", "",
+        lines += ["", "## Caption metrics of the top-5, val+test merged (time-series paper, Tables I-II)", "",
                   "| query set | direction | BLEU-1 | BLEU-4 | METEOR | ROUGE-L |", "|---|---|---|---|---|---|"]
         for qset, dirs in report["captions"].items():
             for d, m in dirs.items():
@@ -145,8 +176,9 @@ def plots(report: dict[str, Any], visual: np.ndarray, text_vectors: np.ndarray,
 
 def gallery(sim: np.ndarray, ids: Sequence[str], thumbs: Sequence[bytes | None],
             texts: Sequence[str], owner: np.ndarray, title: str, n_queries: int = 4,
-            k: int = 5) -> str:
-    """HTML: for sample queries, the top-k results each way (✔ marks a correct one)."""
+            k: int = 5, composed: Sequence[dict[str, Any]] = ()) -> str:
+    """HTML: for sample queries, the top-k results each way, and the ``composed`` examples
+    of :func:`composed_examples` (✔ marks a correct one)."""
     def img(data: bytes | None) -> str:
         if data is None:
             return ""
@@ -163,6 +195,15 @@ def gallery(sim: np.ndarray, ids: Sequence[str], thumbs: Sequence[bytes | None],
         top = np.argsort(-sim[i], kind="stable")[:k]
         items = "".join(f"<li>{'✔ ' if owner[t] == i else ''}{html.escape(texts[t])}</li>" for t in top)
         rows.append(f"<table><tr><td>{img(thumbs[i])}</td><td><ol>{items}</ol></td></tr></table>")
+    if composed:
+        rows.append("<h2>composed: image + text → image (WEICOM)</h2>")
+        index = {x: i for i, x in enumerate(ids)}
+    for ex in composed:
+        cells = "".join(f"<td>{img(thumbs[index[r]])}<br>{'✔' if ok else ''}</td>"
+                        for r, ok in zip(ex["top"], ex["relevant"]))
+        rows.append(f"<p><b>{html.escape(ex['attribute'])} → “{html.escape(ex['text'])}”</b> "
+                    f"(AP {ex['AP']:.2f})</p><table><tr><td>{img(thumbs[index[ex['query']]])}<br>query</td>"
+                    f"<td>+</td>{cells}</tr></table>")
     return "\n".join(rows)
 
 

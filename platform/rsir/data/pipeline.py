@@ -1,33 +1,53 @@
 """Ray Data glue: stream shards, filter, and preprocess with the library's one function.
 
 Reads are lazy and streamed: memory stays bounded by the blocks in flight, not by the
-archive size. Preprocessing runs in ``map_batches`` tasks beside the training workers.
+archive size. Preprocessing runs in ``map_batches`` tasks beside the training workers;
+the rows it drops (corrupt images, bad rows) are tallied by a :class:`DropCounter`.
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow.dataset as pads
+import ray
 import ray.data
+from ray.actor import ActorHandle
 from ray.data.expressions import col
 
 from rsir.config import DataConfig
-from rsir.data.transforms import preprocess_batch
+from rsir.data.transforms import DroppedRow, log_dropped, preprocess_rows
 
 log = logging.getLogger(__name__)
 
 RAW_COLUMNS = ["id", "split", "image", "image_t2", "bands", "captions", "changed"]
 
 
-def read_split(path: str, split: str, columns: list[str] | None = None) -> ray.data.Dataset:
-    """The rows of one split of the shards under ``path`` (a local path or a URI)."""
+def read_split(
+    path: str, split: str, columns: list[str] | None = None, shuffle_files: bool = False
+) -> ray.data.Dataset:
+    """The rows of one split of the shards under ``path`` (a local path or a URI).
+
+    One read task per shard; ``shuffle_files`` reads the shards in a new random order
+    each time the dataset is executed (each epoch).
+    """
+    ctx = ray.data.DataContext.get_current()
+    # Ray's Parquet reader V2 lists files with 32 footer-reading actors on every execution:
+    # seconds of actor start-up per epoch on a small node. A dataset keeps the reader it
+    # was created with, so V1 is switched on for this call only.
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        ds = ray.data.read_parquet(
+            path, columns=columns or RAW_COLUMNS, shuffle="files" if shuffle_files else None,
+            override_num_blocks=len(pads.dataset(path, format="parquet").files))
+    finally:
+        ctx.use_datasource_v2 = v2
     # The filter expression is pushed down into the Parquet read.
-    return ray.data.read_parquet(path, columns=columns or RAW_COLUMNS).filter(
-        expr=col("split") == split
-    )
+    return ds.filter(expr=col("split") == split)
 
 
 def _keep_no_change(batch: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, Any]:
@@ -40,13 +60,58 @@ def _keep_no_change(batch: dict[str, np.ndarray], fraction: float, seed: int) ->
     return {k: v[keep] for k, v in batch.items()}
 
 
-def training_dataset(cfg: DataConfig, seed: int = 0) -> ray.data.Dataset:
-    """Train split -> (LEVIR-CC no-change rule) -> augmented model inputs with a caption."""
-    ds = read_split(cfg.shards, cfg.train_split)
+@ray.remote(num_cpus=0)
+class DropCounter:
+    """The rows preprocessing dropped from a dataset, by id, over all its map tasks and epochs."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+        self.reads = 0
+
+    def add(self, dropped: list[DroppedRow]) -> None:
+        self.reads += len(dropped)
+        for d in dropped:
+            self.reasons.setdefault(d.id, d.reason)
+
+    def summary(self) -> dict[str, Any]:
+        """``rows``: distinct rows dropped; ``reads``: drops over every pass (epoch) of the
+        dataset; ``examples``: up to 10 ``id -> reason``."""
+        return {"rows": len(self.reasons), "reads": self.reads,
+                "examples": dict(list(self.reasons.items())[:10])}
+
+
+def preprocess_counted(
+    block: dict[str, np.ndarray], cfg: DataConfig, train: bool, counter: ActorHandle | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """``map_batches`` function: the library's preprocessing, ``cfg.batch_size`` rows at a time
+    (the rows of a whole read block come in), with what it drops logged and counted."""
+    for start in range(0, len(block["id"]), cfg.batch_size):
+        batch = {k: v[start: start + cfg.batch_size] for k, v in block.items()}
+        out, dropped = preprocess_rows(batch, cfg, train)
+        log_dropped(dropped, len(batch["id"]))
+        if dropped and counter is not None:
+            # Wait for the count to land (only when a batch had bad rows): a total read
+            # after the last batch was consumed then includes every batch.
+            ray.get(counter.add.remote(dropped))
+        yield out
+
+
+def training_dataset(cfg: DataConfig, seed: int = 0, counter: ActorHandle | None = None) -> ray.data.Dataset:
+    """Train split -> (LEVIR-CC no-change rule) -> augmented model inputs with a caption.
+
+    With a :class:`DropCounter`, every row preprocessing drops is counted there.
+    """
+    # A new shard order each epoch. Not randomize_block_order: that is a barrier which waits
+    # for every read (the whole split's bytes in the object store) before the first batch.
+    ds = read_split(cfg.shards, cfg.train_split, shuffle_files=True)
     if cfg.task == "pair" and cfg.no_change_keep_fraction < 1.0:
-        ds = ds.map_batches(_keep_no_change, batch_format="numpy",
+        ds = ds.map_batches(_keep_no_change, batch_format="numpy", batch_size=None,
                             fn_kwargs={"fraction": cfg.no_change_keep_fraction, "seed": seed})
-    return ds.randomize_block_order().map_batches(
-        preprocess_batch, batch_format="numpy", batch_size=cfg.batch_size,
-        fn_kwargs={"cfg": cfg, "train": True},
-    )
+    # batch_size=None: reading a shard and preprocessing it fuse into one task (with a batch
+    # size they are two operators, twice the tasks, and a hop through the object store).
+    ds = ds.map_batches(preprocess_counted, batch_format="numpy", batch_size=None,
+                        fn_kwargs={"cfg": cfg, "train": True, "counter": counter})
+    # Ray Data reserves a share of the CPUs per operator; with reservation on, this one-operator
+    # pipeline ran a single preprocessing task at a time on a 2-CPU node.
+    ds.context.op_resource_reservation_enabled = False
+    return ds

@@ -1,9 +1,10 @@
 """Preprocessing shared by training and inference: decode, bands, resize, augment, normalise.
 
-``preprocess_batch`` is the one function both paths call (Ray Data ``map_batches`` in
-training and batch embedding, the Serve encoders online); ``train=True`` only switches on
-the random augmentations and caption sampling. Augmentations of a pair use the same
-random parameters for both dates, so a flip never looks like a change.
+``preprocess_rows`` is the one function every path calls (Ray Data ``map_batches`` in
+training, and through ``preprocess_batch`` batch embedding and the Serve encoders);
+``train=True`` only switches on the random augmentations and caption sampling.
+Augmentations of a pair use the same random parameters for both dates, so a flip never
+looks like a change.
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ def sample_caption(
     captions: Sequence[Mapping[str, str]], language: str, rng: np.random.Generator
 ) -> tuple[str, str]:
     """One caption of the row: of ``language``, or of a random language when ``random``."""
+    if not captions:
+        raise ValueError("the row has no captions")
     if language == "random":
         langs = sorted({c["lang"] for c in captions})
         language = langs[int(rng.integers(len(langs)))]
@@ -123,26 +126,33 @@ def sample_caption(
     return c["text"], c["lang"]
 
 
-def preprocess_batch(
+@dataclass(frozen=True)
+class DroppedRow:
+    """A row preprocessing skipped, and why (the ``ValueError``'s message)."""
+
+    id: str
+    reason: str
+
+
+def preprocess_rows(
     batch: Mapping[str, Any],
     cfg: DataConfig,
     train: bool,
     seed: int | None = None,
     with_captions: bool = True,
-) -> dict[str, np.ndarray]:
-    """A batch of shard rows -> model inputs.
+) -> tuple[dict[str, np.ndarray], list[DroppedRow]]:
+    """A batch of shard rows -> model inputs of its good rows, and the rows dropped.
 
     Returns ``id``, and ``image`` ``[B, C, S, S]`` (task ``single``) or ``image_pair``
     ``[B, 2, C, S, S]`` (task ``pair``) as float32 arrays; with ``with_captions`` also one
     sampled ``text`` and its ``lang`` per row (a random caption at training, the first
-    of the language at inference). A row that cannot be decoded is logged and dropped,
-    never a crash.
+    of the language at inference). A bad row (undecodable or missing image, bands that do
+    not match, no caption to use) is never a crash: it is left out and listed with its id.
     """
     rng = np.random.default_rng(seed)
     pair = cfg.task == "pair"
     ids, images, texts, langs, dropped = [], [], [], [], []
-    n = len(batch["id"])
-    for i in range(n):
+    for i in range(len(batch["id"])):
         bands = batch["bands"][i] if "bands" in batch else None
         try:
             aug = Augment.sample(rng, cfg) if train and cfg.augment else None
@@ -155,12 +165,13 @@ def preprocess_batch(
             else:
                 x = prepare_image(batch["image"][i], bands, cfg, aug)
             if with_captions:
-                caps = list(batch["captions"][i])
+                raw = batch["captions"][i]
+                # a null caption list or text reads back as None: nothing to train on
+                caps = [c for c in raw if c["text"]] if raw is not None else []
                 text, lang = (sample_caption(caps, cfg.language, rng) if train
                               else _first_caption(caps, cfg.language))
         except ValueError as err:
-            log.warning("dropping row %s: %s", batch["id"][i], err)
-            dropped.append(str(batch["id"][i]))
+            dropped.append(DroppedRow(str(batch["id"][i]), str(err)))
             continue
         ids.append(str(batch["id"][i]))
         images.append(x)
@@ -175,8 +186,27 @@ def preprocess_batch(
     if with_captions:
         out["text"] = np.array(texts, dtype=object)
         out["lang"] = np.array(langs, dtype=object)
+    return out, dropped
+
+
+def log_dropped(dropped: Sequence[DroppedRow], n: int) -> None:
+    """One warning per dropped row (its id and why) and one for the batch."""
+    for d in dropped:
+        log.warning("dropping row %s: %s", d.id, d.reason)
     if dropped:
         log.warning("dropped %d of %d rows in a batch", len(dropped), n)
+
+
+def preprocess_batch(
+    batch: Mapping[str, Any],
+    cfg: DataConfig,
+    train: bool,
+    seed: int | None = None,
+    with_captions: bool = True,
+) -> dict[str, np.ndarray]:
+    """:func:`preprocess_rows` for callers that only log what was dropped (Serve, embedding)."""
+    out, dropped = preprocess_rows(batch, cfg, train, seed, with_captions)
+    log_dropped(dropped, len(batch["id"]))
     return out
 
 

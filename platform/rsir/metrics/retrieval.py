@@ -104,7 +104,7 @@ def _expected_hits(gt: np.ndarray, tied_neg: np.ndarray, tied_pos: np.ndarray, k
 
 
 def cross_modal_recall(
-    sim: Any, text_image: Any, ks: Sequence[int] = (1, 5, 10)
+    sim: Any, text_image: Any, ks: Sequence[int] = (1, 5, 10), query_images: Any = None
 ) -> dict[str, Any]:
     """R@K in both directions and their mean mR, in percent.
 
@@ -112,15 +112,23 @@ def cross_modal_recall(
     of text t. image->text is a hit when ANY caption of the image is in the top K;
     text->image when the text's image is in the top K. Tied items count in random order
     (the expected recall; see the module docstring). Images without any caption are left
-    out of the i2t mean (they remain distractors for t2i). Returns
+    out of the i2t mean (they remain distractors for t2i). ``query_images`` (a boolean mask
+    over images) restricts the queries to those images and their captions, every item
+    still ranked: e.g. the change queries of a bitemporal archive. Returns
     ``{"i2t": {k: r}, "t2i": {k: r}, "mR": m}``.
     """
     gt, tied_neg, tied_pos, has_caption = _i2t_counts(sim, text_image)
+    text_query = np.ones(len(as_numpy(text_image)), dtype=bool)
+    if query_images is not None:
+        query_images = as_numpy(query_images).astype(bool)
+        has_caption = has_caption & query_images
+        text_query = query_images[as_numpy(text_image).astype(np.int64)]
     if not has_caption.any():
         raise ValueError("no query has a positive: recall is undefined")
     gt, tied_neg, tied_pos = gt[has_caption], tied_neg[has_caption], tied_pos[has_caption]
     i2t = {int(k): float(100.0 * _expected_hits(gt, tied_neg, tied_pos, k).mean()) for k in ks}
     t_gt, t_tied = _t2i_counts(sim, text_image)
+    t_gt, t_tied = t_gt[text_query], t_tied[text_query]
     ones = np.ones_like(t_gt)
     t2i = {int(k): float(100.0 * _expected_hits(t_gt, t_tied, ones, k).mean()) for k in ks}
     m_r = float(np.mean(list(i2t.values()) + list(t2i.values())))

@@ -622,8 +622,8 @@ class MIDF(nn.Module):
 
     def parts(self, v_g: torch.Tensor, v_l: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every intermediate of eqs. 19-24 (``[B, D]`` each; ``gamma`` is ``[B, 2]``)."""
-        g, l = v_g.unsqueeze(1), v_l.unsqueeze(1)  # length-1 sequences, as the code does
-        g_sa, l_sa = self.sa_global(g), self.sa_local(l)
+        g, loc = v_g.unsqueeze(1), v_l.unsqueeze(1)  # length-1 sequences, as the code does
+        g_sa, l_sa = self.sa_global(g), self.sa_local(loc)
         g_sga, l_sga = self.ga_global(g_sa, l_sa), self.ga_local(l_sa, g_sa)
         g_sga, l_sga = g_sga.squeeze(1), l_sga.squeeze(1)
         g_p = g_sga * torch.sigmoid(l_sga)

@@ -1,5 +1,7 @@
 """The Ray Serve application: image and text encoders (dynamic batching) behind one
 FastAPI ingress that holds the archives, scores queries and hot-swaps archive versions.
+Text searches are batched end to end in the ingress: one encoder call (one forward) for
+the batch's texts, then one matrix product per archive version.
 
 Import path (k8s RayService contract): ``rsir.serve.app:build_app_from_config`` with
 ``args: {config: configs/serve.yaml}``. Locally: ``rsir serve --config configs/serve.yaml``.
@@ -23,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
 
 from rsir.config import RecipeConfig, from_dict, load_config, to_dict
+from rsir.serve.batching import Batcher
 from rsir.serve.config import EncoderConfig, ServeConfig
 from rsir.serve.requests import ApiError, SearchRequest, parse_embed, parse_search
 
@@ -84,14 +87,22 @@ class TextEncoder:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def embed(self, texts: list[str]) -> list[np.ndarray]:
+        return list(await self.embed_many(texts))
+
+    async def embed_many(self, texts: list[str]) -> np.ndarray:
+        """A batch the caller already formed (the ingress's text search): one forward."""
         from rsir.retrieval.embed import embed_texts
 
-        return list(embed_texts(self.model, texts))
+        return embed_texts(self.model, texts)
 
 
 # ---------------------------------------------------------------------------------------
 # Archives held by the ingress
 # ---------------------------------------------------------------------------------------
+
+
+# (scores [k], rows [k]) of one query, or None: the archive has another dimension.
+Found = tuple[np.ndarray, np.ndarray] | None
 
 
 @dataclasses.dataclass
@@ -107,6 +118,9 @@ def _load(target: str, root: str) -> Loaded:
     from rsir.retrieval.topk import ExactSearcher
 
     archive = load_archive(root)
+    # Arrow hands out read-only memory, which the searcher would copy (51 MB for 100k x
+    # 128) on every query; one writable copy per loaded version instead.
+    archive.vectors = np.array(archive.vectors, dtype=np.float32)
     owner_texts: dict[str, list[str]] = {}
     if target == "captions":
         for owner, text in zip(archive.metadata.get("owner", []), archive.metadata.get("text", [])):
@@ -214,8 +228,8 @@ class Ingress:
         self.api_key = self.static_key
         self.roots = {t: r for t, r in dataclasses.asdict(self.cfg.archives).items() if r}
         self.archives: dict[str, Loaded] = {}
-        self.top_k.set_max_batch_size(self.cfg.ingress.max_batch_size)
-        self.top_k.set_batch_wait_timeout_s(self.cfg.ingress.batch_wait_timeout_s)
+        self.text_top_k = Batcher(self._text_batch, self.cfg.ingress.max_batch_size)
+        self.top_k = Batcher(self._top_k_batch, self.cfg.ingress.max_batch_size)
         self.swaps = 0
         self._warned: set[tuple[str, str]] = set()
         self._poll_once()
@@ -343,12 +357,16 @@ class Ingress:
             rows = np.argsort(-scores, kind="stable")[:k]
             top = [(int(r), float(scores[r])) for r in rows]
         else:
-            q = await (self._text(req.text) if req.kind == "text" else self._visual(req))
-            if q.shape[0] != vectors.shape[1]:
+            n_cand = min(max(k, self.cfg.rerank.candidates) if req.rerank else k, n)
+            if req.kind == "text":
+                q, found = await self.text_top_k((loaded, req.text, n_cand))
+            else:
+                q = await self._visual(req)
+                found = await self.top_k((loaded, q, n_cand))
+            if found is None:
                 raise ApiError(409, "target", f"archive dim {vectors.shape[1]} != model dim "
                                f"{q.shape[0]}; the archive was embedded by another model")
-            n_cand = min(max(k, self.cfg.rerank.candidates) if req.rerank else k, n)
-            s, idx = await self.top_k((loaded, q, n_cand))
+            s, idx = found
             top = [(int(i), float(v)) for i, v in zip(idx, s) if i >= 0]
             if req.rerank:
                 pool = {"text": "captions", "image": "images", "image_pair": "pairs"}[req.kind]
@@ -362,25 +380,39 @@ class Ingress:
                 "k": req.k, "ids": [r["id"] for r in results],
                 "scores": [r["score"] for r in results], "results": results}
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def top_k(self, items: list[tuple[Loaded, np.ndarray, int]]) -> list[tuple]:
-        """Batched exact top-k: one matrix product per archive version in the batch,
-        run in a thread so the event loop keeps accepting requests."""
-        out: list[tuple] = [None] * len(items)
+    @staticmethod
+    def _score(items: list[tuple[Loaded, np.ndarray, int]]) -> list[Found]:
+        """Exact top-k of (archive, query, k) items: one matrix product per archive
+        version among them; None where the query's dimension is not the archive's."""
+        out: list[Found] = [None] * len(items)
         groups: dict[int, list[int]] = {}
-        for i, (loaded, _, _) in enumerate(items):
-            groups.setdefault(id(loaded), []).append(i)
-
-        def run() -> None:
-            for idx in groups.values():
-                loaded = items[idx[0]][0]
-                kmax = max(items[i][2] for i in idx)
-                s, rows = loaded.searcher.search(np.stack([items[i][1] for i in idx]), kmax)
-                for j, i in enumerate(idx):
-                    out[i] = (s[j, : items[i][2]], rows[j, : items[i][2]])
-
-        await asyncio.to_thread(run)
+        for i, (loaded, q, _) in enumerate(items):
+            if q.shape[0] == loaded.archive.vectors.shape[1]:
+                groups.setdefault(id(loaded), []).append(i)
+        for idx in groups.values():
+            loaded = items[idx[0]][0]
+            kmax = max(items[i][2] for i in idx)
+            s, rows = loaded.searcher.search(np.stack([items[i][1] for i in idx]), kmax)
+            for j, i in enumerate(idx):
+                out[i] = (s[j, : items[i][2]], rows[j, : items[i][2]])
         return out
+
+    async def _top_k_batch(self, items: list[tuple[Loaded, np.ndarray, int]]) -> list[Found]:
+        # In a thread, so the event loop keeps accepting requests meanwhile.
+        return await asyncio.to_thread(self._score, items)
+
+    async def _text_batch(self, items: list[tuple[Loaded, str, int]]) -> list[tuple[np.ndarray, Found]]:
+        """Text searches end to end: one encoder call for all the texts, one matrix
+        product per archive version."""
+        qs = await self.text_encoder.embed_many.remote([text for _, text, _ in items])
+        qs = np.asarray(qs, dtype=np.float32)
+        found = await self._top_k_batch([(loaded, q, k) for (loaded, _, k), q in zip(items, qs)])
+        return list(zip(qs, found))
+
+    def batch_counts(self) -> dict[str, tuple[int, int]]:
+        """(batches, items) so far of the ingress batchers (for bench/serve.py)."""
+        return {name: (b.batches, b.items) for name, b in
+                (("text_top_k", self.text_top_k), ("top_k", self.top_k))}
 
     def _rerank(self, kind: str, q: np.ndarray, cand: np.ndarray, pool: np.ndarray) -> np.ndarray:
         from rsir.retrieval.rerank import multivariate_rerank

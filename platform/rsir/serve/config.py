@@ -26,10 +26,10 @@ class IngressConfig:
     num_replicas: int = 1
     num_cpus: float = 0.25
     max_ongoing_requests: int = 256
-    # Dynamic batching of the archive top-k: concurrent queries of one archive are
-    # scored as one [B, D] x [D, N] product.
+    # Dynamic batching in the ingress (rsir.serve.batching): the text searches that queue
+    # while a batch runs are encoded in one forward and scored as one [B, D] x [D, N]
+    # product (image queries' products are batched the same way). 1: each request alone.
     max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.002
 
 
 @dataclass(frozen=True)

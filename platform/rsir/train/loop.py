@@ -24,9 +24,9 @@ import torch
 from rsir.config import RecipeConfig, from_dict
 from rsir.losses import create_loss
 from rsir.models import create_model
-from rsir.models.text_towers import tokens_to
 from rsir.optim import create_optimizer, create_scheduler
 from rsir.retrieval.embed import evaluate_rows, unwrap
+from rsir.training_step import batch_inputs, contrastive_loss, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -133,21 +133,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 batch_size=cfg.data.batch_size, batch_format="numpy", drop_last=True,
                 prefetch_batches=cfg.data.prefetch_batches,
                 local_shuffle_buffer_size=4 * cfg.data.batch_size)):
-            tokens = tokens_to(unwrap(model).tokenize(list(batch["text"])), device)
-            inputs = {image_key: torch.as_tensor(batch[image_key], device=device),
-                      "tokens": tokens}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                out = model(inputs)
-                losses = loss_fn(out["image_features"].float(), out["text_features"].float(),
-                                 out["logit_scale"].float())
+            inputs = batch_inputs(model, batch, image_key, device)
+            losses = contrastive_loss(model, loss_fn, inputs, bf16=use_bf16)
             (losses["loss"] / accum).backward()
             if (i + 1) % accum == 0:
-                if cfg.optim.grad_clip_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():  # CLIP's clamp: τ never below 0.01
-                    unwrap(model).logit_scale.clamp_(0, 4.6052)
+                optimizer_step(model, optimizer, cfg.optim.grad_clip_norm)
                 step += 1
             n_samples += len(batch["text"])
             loss_sum += float(losses["loss"])

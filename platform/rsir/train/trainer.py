@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 import torch
+from ray.actor import ActorHandle
 from ray.train.torch import TorchTrainer
 
 from rsir.config import RecipeConfig, save_config, to_dict
-from rsir.data.pipeline import read_split, training_dataset
+from rsir.data.pipeline import DropCounter, read_split, training_dataset
 from rsir.train.loop import CHECKPOINT_FILE, METRICS_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,19 @@ class TrainResult:
     run_dir: Path
     best_checkpoint: Path | None
     history: list[dict[str, Any]]
+    # rows of the train split preprocessing dropped (corrupt images, bad rows), distinct ids
+    dropped_rows: int = 0
 
 
-def build_trainer(cfg: RecipeConfig, run_dir: str | Path) -> TorchTrainer:
-    """The TorchTrainer of ``cfg`` writing into ``run_dir`` (resumes when it has checkpoints)."""
+def build_trainer(
+    cfg: RecipeConfig, run_dir: str | Path, drop_counter: ActorHandle | None = None
+) -> TorchTrainer:
+    """The TorchTrainer of ``cfg`` writing into ``run_dir`` (resumes when it has checkpoints).
+
+    With a ``DropCounter``, the training rows preprocessing drops are counted there.
+    """
     run_dir = Path(run_dir).resolve()
-    datasets = {"train": training_dataset(cfg.data, seed=cfg.train.seed)}
+    datasets = {"train": training_dataset(cfg.data, seed=cfg.train.seed, counter=drop_counter)}
     if cfg.data.val_split:
         datasets["val"] = read_split(cfg.data.shards, cfg.data.val_split)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
@@ -75,7 +84,12 @@ def fit(cfg: RecipeConfig, run_dir: str | Path) -> TrainResult:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    result = build_trainer(cfg, run_dir).fit()
+    counter = DropCounter.remote()
+    result = build_trainer(cfg, run_dir, counter).fit()
+    drops = ray.get(counter.summary.remote())
+    if drops["rows"]:
+        log.warning("training skipped %d corrupt or invalid rows of %s (%d times over all epochs),"
+                    " e.g. %s", drops["rows"], cfg.data.shards, drops["reads"], drops["examples"])
     best = None
     if result.best_checkpoints:
         ranked = sorted(result.best_checkpoints,
@@ -89,7 +103,8 @@ def fit(cfg: RecipeConfig, run_dir: str | Path) -> TrainResult:
                     "val_mR": ranked[-1][1].get("val_mR")}, best)
     history = read_history(run_dir)
     plot_curves(history, run_dir / "curves.png")
-    return TrainResult(run_dir=run_dir, best_checkpoint=best, history=history)
+    return TrainResult(run_dir=run_dir, best_checkpoint=best, history=history,
+                       dropped_rows=drops["rows"])
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
