@@ -117,3 +117,16 @@ def test_composed_gallery_examples_follow_the_text_at_lambda_one() -> None:
     assert ex[0]["top"][0] == "img5" and ex[0]["relevant"][0]
     assert ex[1]["top"] == ["img0", "img3", "img2", "img1", "img4"]
     assert ex[1]["relevant"] == [True, False, False, False, False]
+
+
+def test_prepared_campaign_trial_equals_weicom_for_every_lambda() -> None:
+    from rsir.tune.posthoc import prepare_weicom, score_weicom
+
+    payload = {"ids": IDS, "classes": CLASSES, "attributes": ATTRS, "image_sims": IMAGE_SIMS,
+               "text_sims": TEXT_SIMS}
+    prepared = prepare_weicom(payload)
+    for lam in (0.0, 0.3, 0.7, 1.0):
+        direct = patterncom_eval(IDS, CLASSES, ATTRS, IMAGE_SIMS, TEXT_SIMS, "weicom", lam)
+        trial = score_weicom(prepared, lam)
+        assert trial["val_mAP"] == pytest.approx(direct["mAP"], abs=1e-12)
+        assert trial["val_mAP_shape"] == pytest.approx(direct["per_attribute"]["shape"], abs=1e-12)

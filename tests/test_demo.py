@@ -12,18 +12,20 @@ from rsir.demo import format_language_table, format_table, task_config
 def test_every_demo_task_is_a_valid_recipe_on_its_shards() -> None:
     cfg = load_config(REPO / "configs" / "demo.yaml")
     root = Path("/w/shards")
-    tasks = {t: task_config(cfg, t, root) for t in cfg.demo.tasks}
+    tasks = {t: task_config(cfg, t, root, Path("/w/runs")) for t in cfg.demo.tasks}
     assert {"single", "pair"} <= set(tasks)
     for name, task_cfg in tasks.items():
         assert task_cfg.name == f"demo-{name}"
         folder = "pairs" if task_cfg.data.task == "pair" else "single"
         assert task_cfg.data.shards == str(root / folder)
+    # the pair model starts from the single-image run's towers
+    assert tasks["pair"].train.init_from == "/w/runs/single/best.pt"
 
 
 def test_a_bad_task_override_names_the_task() -> None:
     cfg = load_config(REPO / "configs" / "demo.yaml", ["demo.tasks={pair: [data.task=pair, train.epochz=3]}"])
     with pytest.raises(ConfigError, match=r"demo.tasks.pair.*epochz"):
-        task_config(cfg, "pair", Path("/w"))
+        task_config(cfg, "pair", Path("/w"), Path("/w/runs"))
 
 
 def test_table_puts_each_recall_beside_chance() -> None:

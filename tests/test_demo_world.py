@@ -51,8 +51,9 @@ def test_pairs_change_about_half_and_captions_say_so():
             assert not any(t in lex.NO_CHANGE["en"] for t in en)
             # a change alters pixels well beyond the illumination difference
             assert np.abs(a.astype(int) - b.astype(int)).max() > 40
-        else:
-            assert en == lex.NO_CHANGE["en"]
+        else:  # every caption says nothing changed; three also say what is still there
+            assert all(any(t.startswith(nc) for nc in lex.NO_CHANGE["en"]) for t in en)
+            assert sum(r["class_name"] in t for t in en) == 3
 
 
 def test_agreement_in_each_language():

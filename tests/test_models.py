@@ -507,3 +507,26 @@ def test_overfit_16_samples(fusion: str) -> None:
         assert recall == (1.0, 1.0), f"{fusion}: R@1 {recall} after {steps} steps"
     finally:
         torch.set_num_threads(threads)
+
+
+def test_init_from_a_single_image_run_loads_the_towers_of_a_pair_model(tmp_path: Path) -> None:
+    from rsir.models import load_weights
+
+    single_cfg = load_config(REPO / "configs" / "demo.yaml")
+    pair_cfg = load_config(REPO / "configs" / "demo.yaml", ["data.task=pair", "model.fusion=gff_concat"])
+    torch.manual_seed(0)
+    single = create_model(single_cfg.model, single_cfg.loss)
+    torch.save({"model": {f"module.{k}": v for k, v in single.state_dict().items()}}, tmp_path / "best.pt")
+    torch.manual_seed(1)
+    pair = create_model(pair_cfg.model, pair_cfg.loss)
+    head_before = {k: v.clone() for k, v in pair.pair_head.state_dict().items()}
+    kept = load_weights(pair, tmp_path / "best.pt", strict=False)
+    for k, v in single.image_tower.state_dict().items():
+        assert torch.equal(pair.image_tower.state_dict()[k], v)
+    assert torch.equal(pair.text_head.state_dict()["net.0.weight"], single.text_head.state_dict()["net.0.weight"])
+    # the concat head's first layer takes 2 x width: the single model's does not fit it
+    assert kept == ["pair_head.net.0.weight"]
+    assert torch.equal(pair.pair_head.state_dict()["net.0.weight"], head_before["net.0.weight"])
+    torch.save({"model": {"unrelated.weight": torch.zeros(3)}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="no tensor matches"):
+        load_weights(pair, tmp_path / "other.pt", strict=False)

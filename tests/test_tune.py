@@ -48,7 +48,7 @@ def test_weicom_lambda_campaign_matches_grid(ray_session, tmp_path):
     print(f"weicom campaign: {summary['n_trials']} trials in {time.perf_counter() - t0:.1f}s")
     assert summary["n_trials"] == 10 and summary["n_errors"] == 0
     # The campaign's λ, rescored directly on validation, is within 1% of the grid optimum.
-    direct = posthoc.score_weicom(payload, summary["best_params"]["lam"])["val_mAP"]
+    direct = posthoc.score_weicom(posthoc.prepare_weicom(payload), summary["best_params"]["lam"])["val_mAP"]
     assert direct == pytest.approx(summary["best_value"], abs=1e-9)
     assert direct >= 0.99 * grid_best
     run_dir = tmp_path / cfg.name

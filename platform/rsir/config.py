@@ -132,6 +132,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     run_dir: str = "runs"
     torch_threads: int = 1
+    # Weights to start from (an rsir checkpoint or a state dict): the tensors whose names
+    # and shapes match are loaded, e.g. a single-image run's towers for a pair run.
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)

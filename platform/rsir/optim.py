@@ -20,9 +20,12 @@ def create_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter]) -> 
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    # Fused kernels (CPU and CUDA): one pass over each tensor instead of a dozen. The
+    # 49,408 x 128 token table of the tiny text tower made the unfused AdamW step a third
+    # of a demo training step on the CPU.
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def lr_factor(cfg: OptimConfig, epoch: int, total_epochs: int) -> float:

@@ -107,6 +107,8 @@ DENSITY = {
                "it": ("sparsi", "sparse"), "ar": "متفرقة"},
 }
 
+IN = {"en": "in", "fr": "dans", "it": "in", "ar": "في"}
+
 LOCATIONS = {
     "top left": {"en": "in the top left", "fr": "en haut à gauche", "it": "in alto a sinistra",
                  "ar": "في الأعلى على اليسار"},
@@ -281,10 +283,34 @@ def _participle(lang: str, stem: str, gender: str, plural: bool) -> str:
         (gender, plural)]
 
 
+def in_scene(lang: str, scene_class: str) -> str:
+    """"in a residential area", "dans une zone résidentielle", ..."""
+    return f"{IN[lang]} {CLASSES[scene_class][lang]}"
+
+
+def _with_scene(captions: list[str], lang: str, scene_class: str | None) -> list[str]:
+    """Captions 3 and 4 of five also say where the change happened (the scene class), as
+    annotators often do; the others stay bare."""
+    if scene_class is None:
+        return captions
+    where = in_scene(lang, scene_class)
+    comma = "،" if lang == "ar" else ","
+    return [*captions[:3], f"{where}{comma} {captions[3]}", f"{captions[4]} {where}"]
+
+
 def change_captions(
     lang: str, op: str, noun: str, quantity: str | int, adjectives: tuple[str, ...], location: str,
+    scene_class: str | None = None,
 ) -> list[str]:
-    """Five captions of one change (``op`` is ``added`` or ``removed``) in ``lang``."""
+    """Five captions of one change (``op`` is ``added`` or ``removed``) in ``lang``; with
+    ``scene_class``, two of them name the scene (:func:`_with_scene`)."""
+    return _with_scene(_change_captions(lang, op, noun, quantity, adjectives, location),
+                       lang, scene_class)
+
+
+def _change_captions(
+    lang: str, op: str, noun: str, quantity: str | int, adjectives: tuple[str, ...], location: str,
+) -> list[str]:
     np_ = noun_phrase(lang, noun, quantity, *adjectives)
     quantity = _quantity_word(quantity)
     loc = LOCATIONS[location][lang]
@@ -313,8 +339,9 @@ def change_captions(
             clause, f"تغيرت المنطقة: {clause} {loc}"]
 
 
-def road_captions(lang: str) -> list[str]:
-    """Five captions of a new road (one sentence, varied framing)."""
+def road_captions(lang: str, scene_class: str | None = None) -> list[str]:
+    """Five captions of a new road (one sentence, varied framing); with ``scene_class``,
+    two of them name the scene."""
     base = NEW_ROAD[lang]
     frames = {
         "en": ["{}", "compared to before, {}", "the area has changed: {}", "{} in the second image",
@@ -326,4 +353,13 @@ def road_captions(lang: str) -> list[str]:
         "ar": ["{}", "مقارنة بالصورة الأولى، {}", "تغيرت المنطقة: {}", "{} في الصورة الثانية",
                "بين التاريخين، {}"],
     }[lang]
-    return [f.format(base) for f in frames]
+    return _with_scene([f.format(base) for f in frames], lang, scene_class)
+
+
+def no_change_captions(lang: str, scene: list[str]) -> list[str]:
+    """Five captions of an unchanged pair: two say only that nothing changed, three also
+    say what is still there (captions 2, 3 and 5 of the scene, ``scene``)."""
+    nc = NO_CHANGE[lang]
+    colon = " :" if lang == "fr" else ":"
+    return [nc[0], nc[3], f"{nc[2]}{colon} {scene[1]}", f"{nc[1]}{colon} {scene[2]}",
+            f"{nc[4]}{colon} {scene[4]}"]

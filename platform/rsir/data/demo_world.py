@@ -246,17 +246,20 @@ def _objects(scene: Scene) -> list[dict[str, Any]]:
             for o in scene.objects + scene.extras]
 
 
+def _scene_captions(scene: Scene) -> dict[str, list[str]]:
+    adjectives = (scene.color, scene.shape) if scene.main == "building" else (scene.color,)
+    return {lang: lex.scene_captions(lang, scene.scene_class, scene.main, scene.quantity,
+                                     adjectives, scene.context, scene.road, scene.density)
+            for lang in lex.LANGS}
+
+
 def scene_row(index: int, seed: int, split: str, size: int = 64) -> dict[str, Any]:
     """Single-date scene number ``index`` of world ``seed``."""
     rng = np.random.default_rng([seed, 0, index])
     scene = sample_scene(rng, size)
-    adjectives = (scene.color, scene.shape) if scene.main == "building" else (scene.color,)
-    captions = {lang: lex.scene_captions(lang, scene.scene_class, scene.main, scene.quantity,
-                                         adjectives, scene.context, scene.road, scene.density)
-                for lang in lex.LANGS}
     return make_row(
         id=f"scene-{index:06d}", split=split, image=encode_image(render(scene)),
-        bands=("R", "G", "B"), captions=_captions(captions), class_name=scene.scene_class,
+        bands=("R", "G", "B"), captions=_captions(_scene_captions(scene)), class_name=scene.scene_class,
         attributes=scene.attributes(), objects=_objects(scene), source="demo_world",
     )
 
@@ -298,7 +301,7 @@ def _apply_change(
                              or (not vertical and o.y < hi and o.y + o.h > lo)))
         t2 = replace(scene, road=True, road_pos=pos, road_vertical=vertical, objects=keep)
         return t2, {"change": "road", "category": "road", "count": "one", "location": "all"}, {
-            lang: lex.road_captions(lang) for lang in lex.LANGS}
+            lang: lex.road_captions(lang, scene.scene_class) for lang in lex.LANGS}
     quantity = str(rng.choice(["one", "two", "several"]))
     color = str(rng.choice(CATEGORY_COLORS[cat]))
     shape = "round" if cat == "tree" else "rectangular"
@@ -325,7 +328,8 @@ def _apply_change(
     color = changed[0].color if changed else color
     adjectives = (color,) if len(CATEGORY_COLORS[cat]) > 1 else ()
     quantity = quantity_class(count)
-    captions = {lang: lex.change_captions(lang, op, cat, quantity, adjectives, quadrant)
+    captions = {lang: lex.change_captions(lang, op, cat, quantity, adjectives, quadrant,
+                                          scene.scene_class)
                 for lang in lex.LANGS}
     return t2, {"change": op, "category": cat, "count": str(count), "location": quadrant,
                 "color": color}, captions
@@ -340,7 +344,8 @@ def pair_row(index: int, seed: int, split: str, size: int = 64) -> dict[str, Any
         t2, change_attrs, captions = _change(rng, scene)
     else:
         t2, change_attrs = scene, {"change": "none"}
-        captions = {lang: list(lex.NO_CHANGE[lang]) for lang in lex.LANGS}
+        captions = {lang: lex.no_change_captions(lang, caps)
+                    for lang, caps in _scene_captions(scene).items()}
     b1, b2 = rng.uniform(0.92, 1.08, size=2)  # illumination differs between dates
     return make_row(
         id=f"pair-{index:06d}", split=split, image=encode_image(render(scene, b1)),

@@ -25,8 +25,13 @@ def create_model(cfg: ModelConfig, loss: LossConfig | None = None) -> nn.Module:
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict from a local file (an rsir checkpoint or a bare state dict)."""
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> list[str]:
+    """Load a state dict from a local file (an rsir checkpoint or a bare state dict).
+
+    ``strict=False`` loads only the tensors whose name and shape match the model (e.g. a
+    single-image run's towers into a pair model, whose fusion and head stay as built) and
+    fails when none does. Returns the names of the model's tensors left as they were.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint {path}: no such file")
@@ -34,8 +39,19 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     state = state.get("model", state)
     # Weights saved from a DDP-wrapped model carry a ``module.`` prefix.
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    model.load_state_dict(state)
-    log.info("loaded weights from %s", path)
+    if strict:
+        model.load_state_dict(state)
+        log.info("loaded weights from %s", path)
+        return []
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise ValueError(f"model checkpoint {path}: no tensor matches the model's names and shapes")
+    model.load_state_dict(matching, strict=False)
+    kept = sorted(set(own) - set(matching))
+    log.info("initialised %d of %d tensors from %s (%d left as built)", len(matching), len(own),
+             path, len(kept))
+    return kept
 
 
 def list_models() -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ authors' public evaluation code (github.com/billpsomas/rscir, evaluate.py / util
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -59,12 +60,19 @@ def normalize_similarities(sims: Any) -> np.ndarray:
     return ndtr(z)
 
 
-def weicom(image_sims: Any, text_sims: Any, lam: float) -> np.ndarray:
-    """WEICOM scores ``[Q, N]``: ``lam * Phi(z_text) + (1 - lam) * Phi(z_image)``."""
+def linear_mix(image_sims: Any, text_sims: Any, lam: float) -> np.ndarray:
+    """``lam * text + (1 - lam) * image``: WEICOM once both are Φ-normalised, which a
+    campaign does once (:func:`normalize_similarities`) so that each λ only mixes."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must lie in [0, 1], got {lam}")
     image_sims, text_sims = _pair(image_sims, text_sims)
-    return lam * normalize_similarities(text_sims) + (1.0 - lam) * normalize_similarities(image_sims)
+    return lam * text_sims + (1.0 - lam) * image_sims
+
+
+def weicom(image_sims: Any, text_sims: Any, lam: float) -> np.ndarray:
+    """WEICOM scores ``[Q, N]``: ``lam * Phi(z_text) + (1 - lam) * Phi(z_image)``."""
+    image_sims, text_sims = _pair(image_sims, text_sims)
+    return linear_mix(normalize_similarities(image_sims), normalize_similarities(text_sims), lam)
 
 
 def text_only(image_sims: Any, text_sims: Any, lam: float = 0.0) -> np.ndarray:
@@ -87,6 +95,7 @@ ComposedScorer = Callable[[Any, Any, float], np.ndarray]
 
 SCORERS: dict[str, ComposedScorer] = {
     "weicom": weicom,
+    "linear_mix": linear_mix,
     "text_only": text_only,
     "image_only": image_only,
     "average": average,
@@ -112,6 +121,101 @@ def _text_matrix(text_sims: TextSims, texts: list[str], n: int) -> np.ndarray:
     if mat.shape != (len(texts), n):
         raise ValueError(f"text similarities must be [{len(texts)}, {n}], got {mat.shape}")
     return mat
+
+
+@dataclass(frozen=True)
+class AttributeQueries:
+    """The composed queries of one attribute: query image ``q_idx[j]`` with value
+    ``values[v_idx[j]]``; ``value_code[i]`` is image i's value (-1: not annotated)."""
+
+    name: str
+    values: list[str]
+    value_code: np.ndarray
+    q_idx: np.ndarray
+    v_idx: np.ndarray
+    text_sims: np.ndarray  # [len(values), N]
+
+
+@dataclass(frozen=True)
+class ComposedQueries:
+    """Every PATTERNCOM query of an archive, resolved once (:func:`composed_queries`);
+    :meth:`evaluate` scores them for one method and λ. A campaign builds this once and
+    each trial only evaluates."""
+
+    ids: list[str]
+    class_code: np.ndarray
+    attributes: list[AttributeQueries]
+
+    def map_text_sims(self, fn: Callable[[np.ndarray], np.ndarray]) -> ComposedQueries:
+        """The same queries with ``fn`` applied to each attribute's text similarities."""
+        return replace(self, attributes=[replace(a, text_sims=fn(a.text_sims)) for a in self.attributes])
+
+    def evaluate(self, image_sims: Any, method: str = "weicom", lam: float = 0.5,
+                 batch_size: int = 256) -> dict[str, Any]:
+        """mAP (percent) per attribute and overall; see :func:`patterncom_eval`."""
+        if method not in SCORERS:
+            raise KeyError(f"unknown composed scoring method {method!r}; valid: {sorted(SCORERS)}")
+        per_attribute: dict[str, float] = {}
+        n_queries: dict[str, int] = {}
+        records: list[tuple[str, str, str, float]] = []
+        cc = self.class_code
+        for a in self.attributes:
+            aps = np.empty(len(a.q_idx))
+            for start in range(0, len(a.q_idx), batch_size):  # batches of queries, vectorised inside
+                qb, vb = a.q_idx[start:start + batch_size], a.v_idx[start:start + batch_size]
+                img = as_numpy(image_sims[qb]).astype(np.float64, copy=False)
+                scores = composed_scores(method, img, a.text_sims[vb], lam)
+                positives = (cc[None, :] == cc[qb, None]) & (a.value_code[None, :] == vb[:, None])
+                aps[start:start + batch_size] = average_precision(scores, positives)
+            per_attribute[a.name] = float(100.0 * np.mean(aps))
+            n_queries[a.name] = len(aps)
+            records.extend((self.ids[i], a.name, a.values[v], float(ap))
+                           for i, v, ap in zip(a.q_idx, a.v_idx, aps))
+        return {
+            "per_attribute": per_attribute,
+            "mAP": float(np.mean(list(per_attribute.values()))),
+            "n_queries": n_queries,
+            "queries": records,
+        }
+
+
+def composed_queries(
+    ids: Sequence[str],
+    classes: Sequence[str],
+    attributes: Sequence[Mapping[str, str]],
+    text_sims: TextSims,
+    class_mapping: Mapping[str, str] | None = None,
+) -> ComposedQueries:
+    """The PATTERNCOM queries of an archive as in the authors' code (see
+    :func:`patterncom_eval`), with each query text's similarities resolved."""
+    n = len(ids)
+    if not (len(classes) == len(attributes) == n):
+        raise ValueError("ids, classes and attributes must have one entry per image")
+    if len(set(ids)) != n:
+        raise ValueError("ids must be unique")
+    mapping = PATTERNCOM_CLASS_MAPPING if class_mapping is None else class_mapping
+    merged = [mapping.get(c, c) for c in classes]
+    class_code = np.unique(np.asarray(merged, dtype=str), return_inverse=True)[1]
+    out: list[AttributeQueries] = []
+    for attr in sorted({a for attrs in attributes for a in attrs}):
+        value = [attrs.get(attr) for attrs in attributes]
+        annotated = np.flatnonzero([v is not None for v in value])
+        values = sorted({v for v in value if v is not None})
+        code_of = {v: c for c, v in enumerate(values)}
+        value_code = np.array([code_of.get(v, -1) for v in value])
+        # Values of this attribute present in each merged class.
+        class_values: dict[int, set[int]] = {}
+        for i in annotated:
+            class_values.setdefault(int(class_code[i]), set()).add(int(value_code[i]))
+        pairs = [(i, v) for i in annotated
+                 for v in sorted(class_values[int(class_code[i])] - {int(value_code[i])})]
+        if pairs:
+            q_idx, v_idx = (np.array(x) for x in zip(*pairs))
+            out.append(AttributeQueries(attr, values, value_code, q_idx, v_idx,
+                                        _text_matrix(text_sims, values, n)))
+    if not out:
+        raise ValueError("no composed query: no merged class has two values of an attribute")
+    return ComposedQueries(list(ids), class_code, out)
 
 
 def patterncom_eval(
@@ -143,57 +247,10 @@ def patterncom_eval(
     Returns ``{"per_attribute": {a: mAP}, "mAP": mean, "n_queries": {a: n},
     "queries": [(id, attribute, text, AP), ...]}``.
     """
-    n = len(ids)
-    if not (len(classes) == len(attributes) == n):
-        raise ValueError("ids, classes and attributes must have one entry per image")
-    if len(set(ids)) != n:
-        raise ValueError("ids must be unique")
     if method not in SCORERS:
         raise KeyError(f"unknown composed scoring method {method!r}; valid: {sorted(SCORERS)}")
-    mapping = PATTERNCOM_CLASS_MAPPING if class_mapping is None else class_mapping
-    merged = [mapping.get(c, c) for c in classes]
-    class_code = np.unique(np.asarray(merged, dtype=str), return_inverse=True)[1]
-    per_attribute: dict[str, float] = {}
-    n_queries: dict[str, int] = {}
-    records: list[tuple[str, str, str, float]] = []
-    for attr in sorted({a for attrs in attributes for a in attrs}):
-        value = [attrs.get(attr) for attrs in attributes]
-        annotated = np.array([v is not None for v in value])
-        values = sorted({v for v in value if v is not None})
-        code_of = {v: c for c, v in enumerate(values)}
-        value_code = np.array([code_of.get(v, -1) for v in value])
-        # Values of this attribute present in each merged class.
-        class_values: dict[int, set[int]] = {}
-        for i in np.flatnonzero(annotated):
-            class_values.setdefault(int(class_code[i]), set()).add(int(value_code[i]))
-        pairs = [
-            (i, v)
-            for i in np.flatnonzero(annotated)
-            for v in sorted(class_values[int(class_code[i])] - {int(value_code[i])})
-        ]
-        if not pairs:
-            continue
-        texts = _text_matrix(text_sims, values, n)
-        q_idx = np.array([p[0] for p in pairs])
-        v_idx = np.array([p[1] for p in pairs])
-        aps = np.empty(len(pairs))
-        for start in range(0, len(pairs), batch_size):  # batches of queries, vectorised inside
-            qb, vb = q_idx[start:start + batch_size], v_idx[start:start + batch_size]
-            img = as_numpy(image_sims[qb]).astype(np.float64, copy=False)
-            scores = composed_scores(method, img, texts[vb], lam)
-            positives = (class_code[None, :] == class_code[qb, None]) & (value_code[None, :] == vb[:, None])
-            aps[start:start + batch_size] = average_precision(scores, positives)
-        per_attribute[attr] = float(100.0 * np.mean(aps))
-        n_queries[attr] = len(pairs)
-        records.extend((ids[i], attr, values[v], float(ap)) for (i, v), ap in zip(pairs, aps))
-    if not per_attribute:
-        raise ValueError("no composed query: no merged class has two values of an attribute")
-    return {
-        "per_attribute": per_attribute,
-        "mAP": float(np.mean(list(per_attribute.values()))),
-        "n_queries": n_queries,
-        "queries": records,
-    }
+    queries = composed_queries(ids, classes, attributes, text_sims, class_mapping)
+    return queries.evaluate(image_sims, method, lam, batch_size)
 
 
 def lambda_sweep(
@@ -209,11 +266,9 @@ def lambda_sweep(
 
     ``text_sims`` is resolved once (a callable may run a text encoder) and reused.
     """
-    n = len(ids)
-    values = sorted({v for attrs in attributes for v in attrs.values()})
-    cached = dict(zip(values, _text_matrix(text_sims, values, n)))
+    queries = composed_queries(ids, classes, attributes, text_sims, class_mapping)
     table: dict[float, dict[str, float]] = {}
     for lam in lams:
-        res = patterncom_eval(ids, classes, attributes, image_sims, cached, "weicom", lam, class_mapping)
+        res = queries.evaluate(image_sims, "weicom", lam)
         table[float(lam)] = {**res["per_attribute"], "avg": res["mAP"]}
     return table

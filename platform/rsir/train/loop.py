@@ -23,7 +23,7 @@ import torch
 
 from rsir.config import RecipeConfig, from_dict
 from rsir.losses import create_loss
-from rsir.models import create_model
+from rsir.models import create_model, load_weights
 from rsir.optim import create_optimizer, create_scheduler
 from rsir.retrieval.embed import evaluate_rows, unwrap
 from rsir.training_step import batch_inputs, contrastive_loss, optimizer_step
@@ -93,6 +93,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     random.seed(cfg.train.seed + rank)
 
     model = create_model(cfg.model, cfg.loss)
+    if cfg.train.init_from:  # a resumed run's checkpoint below overrides these weights
+        load_weights(model, cfg.train.init_from, strict=False)
     # A dual encoder trained on one task leaves the other task's head unused.
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,11 @@ def fit(cfg: RecipeConfig, run_dir: str | Path) -> TrainResult:
     """Train ``cfg`` into ``run_dir``; write the resolved config, best checkpoint and plot."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.init_from:  # the workers' working directory is not the driver's
+        init_from = Path(cfg.train.init_from).resolve()
+        if not init_from.is_file():
+            raise FileNotFoundError(f"train.init_from: {init_from}: no such file")
+        cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
     save_config(cfg, run_dir / "config.yaml")
     counter = DropCounter.remote()
     result = build_trainer(cfg, run_dir, counter).fit()

@@ -49,8 +49,8 @@ def load_tune_config(path: str | Path, overrides: list[str] | tuple[str, ...] = 
 
 def weicom_trial(config: dict[str, Any], data: list[Any]) -> None:
     """One λ: WEICOM mAP on the cached validation similarities."""
-    payload = ray.get(data[0])  # zero-copy numpy views out of the object store
-    tune.report(posthoc.score_weicom(payload, config["lam"]))
+    prepared = ray.get(data[0])  # zero-copy numpy views out of the object store
+    tune.report(posthoc.score_weicom(prepared, config["lam"]))
 
 
 def rerank_trial(config: dict[str, Any], data: list[Any], ks: tuple[int, ...] = (1, 5, 10)) -> None:
@@ -113,7 +113,8 @@ def _trainable(cfg: TuneConfig) -> Any:
         fn = tune.with_parameters(train_trial, recipe=_base_recipe(cfg))
     else:
         # ray.put once; the list keeps the ref a ref (with_parameters would resolve it).
-        ref = ray.put(build_payload(cfg, "val"))
+        payload = build_payload(cfg, "val")
+        ref = ray.put(posthoc.prepare_weicom(payload) if cfg.kind == "weicom" else payload)
         fn = (tune.with_parameters(weicom_trial, data=[ref]) if cfg.kind == "weicom"
               else tune.with_parameters(rerank_trial, data=[ref], ks=tuple(cfg.ks)))
     return tune.with_resources(fn, dict(cfg.resources))
@@ -235,7 +236,8 @@ def write_report(cfg: TuneConfig, results: Any, run_dir: Path, wall_s: float) ->
     }
     if cfg.kind != "train" and best_params and (cfg.data.test_path or cfg.data.source == "synthetic"):
         test = build_payload(cfg, "test")
-        score = (posthoc.score_weicom(test, best_params["lam"]) if cfg.kind == "weicom"
+        score = (posthoc.score_weicom(posthoc.prepare_weicom(test), best_params["lam"])
+                 if cfg.kind == "weicom"
                  else posthoc.score_rerank(test, best_params, tuple(cfg.ks)))
         summary["test_" + cfg.metric.removeprefix("val_")] = score[cfg.metric]
     _write_rows(rows, run_dir)

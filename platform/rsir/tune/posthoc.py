@@ -6,6 +6,7 @@ Payloads (plain dicts of numpy arrays, put once in the object store):
   and ``text_sims`` (attribute value -> [N]) — the PATTERNCOM protocol on one split.
   npz keys: ``ids``, ``classes``, ``attributes`` (JSON strings), ``image_sims``,
   ``values`` (the value strings) and ``value_sims`` [V, N].
+  A campaign hands trials :func:`prepare_weicom` of it.
 * ``rerank``: ``sim`` [N_images, N_texts] and ``text_image`` [N_texts]. npz: same keys.
 
 ``synthetic_*`` build a small generated world with random embeddings whose structure
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rsir.metrics.retrieval import cross_modal_recall
-from rsir.retrieval.composed import patterncom_eval
+from rsir.retrieval.composed import composed_queries, normalize_similarities
 from rsir.retrieval.rerank import multivariate_rerank
 
 
@@ -108,9 +109,19 @@ def from_checkpoint(recipe_cfg: Any, checkpoint: str, split: str) -> dict[str, A
 # ---------------------------------------------------------------------------------------
 
 
-def score_weicom(payload: dict[str, Any], lam: float) -> dict[str, float]:
-    res = patterncom_eval(payload["ids"], payload["classes"], payload["attributes"],
-                          payload["image_sims"], payload["text_sims"], "weicom", float(lam))
+def prepare_weicom(payload: dict[str, Any]) -> dict[str, Any]:
+    """What every λ trial of a ``weicom`` payload shares, computed once: the PATTERNCOM
+    queries, and both modalities' similarities Φ-normalised (WEICOM's normalisation does
+    not depend on λ, so a trial only mixes)."""
+    queries = composed_queries(payload["ids"], payload["classes"], payload["attributes"],
+                               payload["text_sims"])
+    return {"queries": queries.map_text_sims(normalize_similarities),
+            "image_sims": normalize_similarities(payload["image_sims"])}
+
+
+def score_weicom(prepared: dict[str, Any], lam: float) -> dict[str, float]:
+    """WEICOM mAP of one λ on a :func:`prepare_weicom` payload."""
+    res = prepared["queries"].evaluate(prepared["image_sims"], "linear_mix", float(lam))
     return {"val_mAP": res["mAP"], **{f"val_mAP_{a}": v for a, v in res["per_attribute"].items()}}
 
 
