@@ -40,13 +40,17 @@ def composed_section(
 ) -> dict[str, Any]:
     """WEICOM's λ table (mAP per attribute, λ = 0 … 1) and the three baselines."""
     image_sims = visual @ visual.T
+    # Every query text is an attribute value: encode them once for the sweep, the baselines
+    # and the examples.
+    values = sorted({v for attrs in attributes for v in attrs.values()})
+    cached = dict(zip(values, encode_texts(values) @ visual.T))
 
     def text_sims(texts: list[str]) -> np.ndarray:
-        return encode_texts(texts) @ visual.T
+        return np.stack([cached[t] for t in texts])
 
-    table = lambda_sweep(ids, classes, attributes, image_sims, text_sims)
+    table = lambda_sweep(ids, classes, attributes, image_sims, cached)
     best_lam = max(table, key=lambda lam: table[lam]["avg"])
-    baselines = {m: patterncom_eval(ids, classes, attributes, image_sims, text_sims, method=m)["mAP"]
+    baselines = {m: patterncom_eval(ids, classes, attributes, image_sims, cached, method=m)["mAP"]
                  for m in BASELINES}
     return {"lambda_table": {str(k): v for k, v in table.items()}, "best_lambda": best_lam,
             "best_mAP": table[best_lam]["avg"], "baselines": baselines,
