@@ -21,7 +21,8 @@ def test_evaluate_pairs_report(ray_session, tmp_path):
 
     generate(tmp_path / "world", n_scenes=0, n_pairs=40, seed=3, val_fraction=0.3, test_fraction=0.5)
     shards = tmp_path / "world" / "pairs"
-    cfg = load_config(REPO / "configs" / "demo.yaml", [f"data.shards={shards}", "data.task=pair"])
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"data.shards={shards}", "data.task=pair",
+                                                    "eval.caption_protocol=true"])
     torch.manual_seed(0)
     model = create_model(cfg.model, cfg.loss).eval()  # untrained: the numbers only need to agree
     torch.save({"model": model.state_dict()}, tmp_path / "model.pt")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -349,6 +350,21 @@ def test_muse_translations_are_closer_than_an_unrelated_sentence() -> None:
     torch.testing.assert_close(clone(texts[:1]), emb[:1])  # ...and reloads on first use
     with pytest.raises(TypeError, match="list of strings"):
         tower("one string")
+
+
+def test_muse_cache_returns_the_encoded_vectors_and_stays_bounded() -> None:
+    tower = TEXT_TOWERS.build("muse", cache_size=3)
+    first = tower([ENGLISH, UNRELATED, ENGLISH])
+    calls = []
+    encoder = tower._encoder()
+    tower._use = type("Spy", (), {"encode": lambda _, t: calls.append(list(t)) or encoder.encode(t)})()
+    again = tower([UNRELATED, ENGLISH])  # both cached: USE is not called
+    assert calls == [] and torch.equal(again, first[[1, 0]]) and torch.equal(first[0], first[2])
+    fresh = tower([*TRANSLATIONS.values()])  # three new strings: the two old ones are evicted
+    assert calls == [list(TRANSLATIONS.values())] and len(tower._cache) == 3
+    assert ENGLISH not in tower._cache
+    expected = np.asarray(encoder.encode(list(TRANSLATIONS.values())), dtype=np.float32)
+    torch.testing.assert_close(fresh, torch.from_numpy(expected))
 
 
 # ---------------------------------------------------------------------------------------

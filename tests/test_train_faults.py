@@ -1,11 +1,13 @@
 """Ray Train fault tolerance and placement on tiny demo worlds.
 
-1. Two workers on a 3-node local cluster land on different nodes (run in a subprocess:
-   ``ray.cluster_utils.Cluster`` cannot share a process with the session's ``ray.init``);
-   SIGKILL of rank 1 mid-run: the group restarts from the last checkpoint and the run
-   completes with every epoch in ``metrics.jsonl`` exactly once.
+1. Two workers on a 3-node local cluster land on different nodes; SIGKILL of rank 1
+   mid-run: the group restarts from the last checkpoint and the run completes with every
+   epoch in ``metrics.jsonl`` exactly once.
 2. Fitting again into the same run directory with more epochs continues the epoch count
    instead of retraining the first epochs.
+
+Both scenarios run one after the other in one subprocess, on one 3-node cluster
+(``ray.cluster_utils.Cluster`` cannot share a process with the session's ``ray.init``).
 
 Each worker start is read from ``<run_dir>/workers/<rank>.jsonl`` (pid, node id, the epoch
 it started from), which ``rsir.train.loop`` appends to.
@@ -58,6 +60,18 @@ def _epochs(run_dir: Path) -> list[int]:
     return [json.loads(x)["epoch"] for x in path.read_text().splitlines() if x.strip()]
 
 
+def _committed_epoch(run_dir: Path) -> int | None:
+    """The epoch of the newest checkpoint Ray Train has registered (every rank reported
+    it), from the controller's ``checkpoint_manager_snapshot.json``; None before the first.
+    A checkpoint folder on disk is not enough: the controller may not have registered it."""
+    path = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(path.read_text())["latest_checkpoint_result"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None if not latest else int(latest["metrics"]["epoch"])
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     return _world(tmp_path_factory.mktemp("faults_world"))
@@ -76,16 +90,17 @@ def world(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------
 
 
-def _run_scenario(name: str, world: Path, run_dir: Path, timeout: int = 540) -> dict:
+def _run_scenarios(world: Path, root: Path, timeout: int = 600) -> dict:
+    """Both scenarios in a subprocess; returns ``{name: result}`` (run dirs ``root/<name>``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
                                                              "RAY_API_SERVER_ADDRESS")}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, name, str(world), str(run_dir)],
+    proc = subprocess.run([sys.executable, __file__, str(world), str(root)],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and line, (proc.stdout[-3000:], proc.stderr[-6000:])
     out = json.loads(line[-1][len("RESULT "):])
-    print(f"{name}: {time.perf_counter() - t0:.1f}s (incl. cluster start) {out}")
+    print(f"fault scenarios: {time.perf_counter() - t0:.1f}s (incl. cluster start) {out}")
     return out
 
 
@@ -93,7 +108,8 @@ _CLUSTERS: list = []
 
 
 def _cluster(n_nodes: int, cpus_per_node: int):
-    """A local cluster of ``n_nodes`` and a driver connected to it (only it)."""
+    """A local cluster of ``n_nodes`` and a driver connected to it (only it); returns the
+    cluster and its nodes."""
     os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
     import ray
     from ray.cluster_utils import Cluster
@@ -111,9 +127,9 @@ def _cluster(n_nodes: int, cpus_per_node: int):
 KILL_EPOCHS = 4
 
 
-def _scenario_kill(world: Path, run_dir: Path) -> dict:
-    """Two workers on two nodes; SIGKILL rank 1 once epoch 1's checkpoint is on disk
-    (``max_failures=1``).
+def _scenario_kill(world: Path, run_dir: Path, nodes: list) -> dict:
+    """Two workers on two nodes; SIGKILL rank 1 once Ray Train has registered epoch 1's
+    checkpoint (``max_failures=1``).
 
     3 nodes of 1 CPU each; ``scaling.cpus_per_worker=1`` fits one training worker per node,
     so the two ranks must be on two different nodes, and the third node's CPU runs Ray
@@ -121,7 +137,6 @@ def _scenario_kill(world: Path, run_dir: Path) -> dict:
     workers would share a node; with only 2 nodes x 1 CPU Ray Data gets no CPU.)"""
     from rsir.train.trainer import fit
 
-    _, nodes = _cluster(3, 1)
     cfg = _cfg(world, f"train.epochs={KILL_EPOCHS}", "train.max_failures=1",
                "scaling.num_workers=2", "scaling.cpus_per_worker=1")
     killed: dict = {}
@@ -130,9 +145,10 @@ def _scenario_kill(world: Path, run_dir: Path) -> dict:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline:
             starts = _starts(run_dir, 1)
-            if starts and (run_dir / "checkpoint_epoch_0001").exists() \
-                    and 1 in _epochs(run_dir):
-                killed.update(pid=starts[0]["pid"], done_epochs=_epochs(run_dir))
+            committed = _committed_epoch(run_dir)
+            if starts and committed is not None and committed >= 1:
+                killed.update(pid=starts[0]["pid"], done_epochs=_epochs(run_dir),
+                              committed=committed)
                 os.kill(starts[0]["pid"], signal.SIGKILL)
                 return
             time.sleep(0.1)
@@ -147,19 +163,24 @@ def _scenario_kill(world: Path, run_dir: Path) -> dict:
             "ranks": {r: _starts(run_dir, r)[0]["node_id"] for r in (0, 1)}}
 
 
-def _scenario_resume(world: Path, run_dir: Path) -> dict:
-    """fit 2 epochs, then fit again into the same run directory with 4."""
+def _scenario_resume(world: Path, run_dir: Path, nodes: list) -> dict:
+    """fit 1 epoch, then fit again into the same run directory with 2."""
     from rsir.train.trainer import fit
 
-    _cluster(1, 2)
-    base = ["train.max_failures=0", "scaling.num_workers=2", "scaling.cpus_per_worker=0.5"]
-    first = fit(_cfg(world, "train.epochs=2", *base), run_dir)
-    ckpt1 = run_dir / "checkpoint_epoch_0001" / "checkpoint.pt"
-    mtime1 = ckpt1.stat().st_mtime_ns if ckpt1.exists() else None
-    second = fit(_cfg(world, "train.epochs=4", *base), run_dir)
-    return {"first": first.history, "second": second.history, "ckpt1_mtime": mtime1,
-            "ckpt1_mtime_after": ckpt1.stat().st_mtime_ns if ckpt1.exists() else None,
+    base = ["train.max_failures=0", "scaling.num_workers=2", "scaling.cpus_per_worker=1"]
+    first = fit(_cfg(world, "train.epochs=1", *base), run_dir)
+    ckpt0 = run_dir / "checkpoint_epoch_0000" / "checkpoint.pt"
+    mtime0 = ckpt0.stat().st_mtime_ns if ckpt0.exists() else None
+    second = fit(_cfg(world, "train.epochs=2", *base), run_dir)
+    return {"first": first.history, "second": second.history, "ckpt0_mtime": mtime0,
+            "ckpt0_mtime_after": ckpt0.stat().st_mtime_ns if ckpt0.exists() else None,
             "checkpoints": sorted(p.name for p in run_dir.glob("checkpoint_epoch_*"))}
+
+
+@pytest.fixture(scope="module")
+def scenarios(world, tmp_path_factory) -> tuple[dict, Path]:
+    root = tmp_path_factory.mktemp("faults")
+    return _run_scenarios(world, root), root
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,9 +188,9 @@ def _scenario_resume(world: Path, run_dir: Path) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def test_two_nodes_and_a_killed_worker_resumes_from_last_checkpoint(world, tmp_path):
-    run_dir = tmp_path / "run"
-    out = _run_scenario("kill", world, run_dir)
+def test_two_nodes_and_a_killed_worker_resumes_from_last_checkpoint(scenarios):
+    results, root = scenarios
+    out, run_dir = results["kill"], root / "kill"
     # The group trained across two nodes of the cluster.
     node0, node1 = out["ranks"]["0"], out["ranks"]["1"]
     assert node0 != node1
@@ -185,39 +206,41 @@ def test_two_nodes_and_a_killed_worker_resumes_from_last_checkpoint(world, tmp_p
     s1 = _starts(run_dir, 1)
     assert len(s1) == 2 and s1[0]["start_epoch"] == 0 and s1[0]["pid"] == killed["pid"]
     assert s1[1]["pid"] != killed["pid"]
-    # Resumed from the newest committed checkpoint: at most the epoch whose report was in
-    # flight at the kill is redone. A checkpoint counts once every rank has reported, so
-    # epoch 1's folder may exist while the restart resumes from epoch 0's.
-    last_done = max(killed["done_epochs"])
+    # The restart resumes after the newest registered checkpoint: the one seen at the kill
+    # or a later one (registered after the watcher looked), never past the last epoch run.
     resumed = s1[1]["start_epoch"]
-    assert last_done <= resumed <= last_done + 1, (resumed, killed)
+    assert killed["committed"] + 1 <= resumed <= max(killed["done_epochs"]) + 1, (resumed, killed)
     assert [s["start_epoch"] for s in _starts(run_dir, 0)] == [0, resumed]
 
 
-def test_fit_again_continues_epoch_count(world, tmp_path):
-    run_dir = tmp_path / "run"
-    out = _run_scenario("resume", world, run_dir)
-    assert [h["epoch"] for h in out["first"]] == [0, 1]
-    assert [h["epoch"] for h in out["second"]] == [0, 1, 2, 3]
-    # Epochs 0 and 1 were not trained again: the same records (losses, timings), every
-    # worker's second start is at epoch 2, and epoch 1's checkpoint was never rewritten.
-    assert out["second"][:2] == out["first"]
+def test_fit_again_continues_epoch_count(scenarios):
+    results, root = scenarios
+    out, run_dir = results["resume"], root / "resume"
+    assert [h["epoch"] for h in out["first"]] == [0]
+    assert [h["epoch"] for h in out["second"]] == [0, 1]
+    # Epoch 0 was not trained again: the same record (loss, timings), every worker's second
+    # start is at epoch 1, and epoch 0's checkpoint was never rewritten.
+    assert out["second"][:1] == out["first"]
     for rank in (0, 1):
-        assert [s["start_epoch"] for s in _starts(run_dir, rank)] == [0, 2]
-    assert out["ckpt1_mtime"] is not None
-    assert out["ckpt1_mtime_after"] in (None, out["ckpt1_mtime"])  # aged out or untouched
+        assert [s["start_epoch"] for s in _starts(run_dir, rank)] == [0, 1]
+    assert out["ckpt0_mtime"] is not None
+    assert out["ckpt0_mtime_after"] in (None, out["ckpt0_mtime"])  # aged out or untouched
     # keep_checkpoints=2 keeps the 2 best by val_mR, and Ray always keeps the newest too.
-    assert out["checkpoints"][-1] == "checkpoint_epoch_0003"
-    assert 2 <= len(out["checkpoints"]) <= 3
+    assert out["checkpoints"] == ["checkpoint_epoch_0000", "checkpoint_epoch_0001"]
 
 
 SCENARIOS = {"kill": _scenario_kill, "resume": _scenario_resume}
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] in SCENARIOS:
+if __name__ == "__main__" and len(sys.argv) == 3:
     import ray
 
     try:
-        result = SCENARIOS[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]).resolve())
+        # 3 nodes of 1 CPU: one training worker per node (cpus_per_worker=1), so the two
+        # ranks are on two nodes, and the third node's CPU runs Ray Data.
+        _, cluster_nodes = _cluster(3, 1)
+        root = Path(sys.argv[2]).resolve()
+        result = {name: run(Path(sys.argv[1]), root / name, cluster_nodes)
+                  for name, run in SCENARIOS.items()}
         print("RESULT " + json.dumps(result), flush=True)
     finally:
         ray.shutdown()

@@ -44,18 +44,17 @@ def _split_meta(cfg: RecipeConfig, split: str, ids: list[str]) -> dict[str, list
             "thumbs": thumbs}
 
 
-def _caption_protocol(cfg: RecipeConfig, checkpoint: str, test: Any, keep: np.ndarray,
-                      lang: str) -> tuple[dict[str, Any], int]:
-    """The time-series paper's caption-metric protocol on val+test merged, as it specifies;
-    returns the scores and the number of pairs merged."""
-    from rsir.inference import embed_split
+def _caption_protocol(val: Any, test: Any, keep: np.ndarray, lang: str) -> tuple[dict[str, Any], int]:
+    """The time-series paper's caption-metric protocol on val+test merged, as it specifies
+    (captions of ``lang``); returns the scores and the number of pairs merged."""
     from rsir.metrics.captions import caption_retrieval_scores
 
-    val = embed_split(cfg, checkpoint, cfg.data.val_split, language=lang)
+    val_keep = np.array(val.langs) == lang
     visual = np.concatenate([val.visual, test.visual])
-    vectors = np.concatenate([val.text_vectors, test.text_vectors[keep]])
-    owner = np.concatenate([val.text_owner, test.text_owner[keep] + len(val.ids)])
-    texts = val.texts + [t for t, k in zip(test.texts, keep) if k]
+    vectors = np.concatenate([val.text_vectors[val_keep], test.text_vectors[keep]])
+    owner = np.concatenate([val.text_owner[val_keep], test.text_owner[keep] + len(val.ids)])
+    texts = ([t for t, k in zip(val.texts, val_keep) if k]
+             + [t for t, k in zip(test.texts, keep) if k])
     changed = np.array(val.changed + test.changed, bool)
     return caption_retrieval_scores(visual @ vectors.T, owner, texts, changed), len(visual)
 
@@ -64,12 +63,16 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
     """Embed the test split (archive published under ``out/archive``), score it, and write
     ``report.json``, ``report.md``, plots and ``gallery.html`` into ``out``."""
     from rsir import report as rep
-    from rsir.inference import embed_split, load_trained, publish_split
+    from rsir.inference import embed_splits, load_trained, publish_split
     from rsir.metrics.retrieval import cross_modal_recall
     from rsir.retrieval.embed import embed_texts
 
     split = cfg.data.test_split
-    emb = embed_split(cfg, checkpoint, split, language=None)  # every language
+    # Pairs: val too, in the same pass, for the caption protocol. Every language.
+    protocol = cfg.data.task == "pair" and cfg.eval.caption_protocol
+    splits = [split, cfg.data.val_split] if protocol else [split]
+    embedded = embed_splits(cfg, checkpoint, splits, language=None)
+    emb = embedded[split]
     publish_split(emb, cfg, checkpoint, out / "archive")
     meta = _split_meta(cfg, split, emb.ids)
     langs = np.array(emb.langs)
@@ -91,8 +94,9 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
         changed = np.array(emb.changed, bool)
         report["recall_change_queries"] = cross_modal_recall(sim, owner, ks=cfg.eval.ks,
                                                              query_images=changed)
-        report["captions"], report["caption_protocol_pairs"] = _caption_protocol(
-            cfg, checkpoint, emb, keep, main_lang)
+        if protocol:
+            report["captions"], report["caption_protocol_pairs"] = _caption_protocol(
+                embedded[cfg.data.val_split], emb, keep, main_lang)
     elif any(meta["attributes"]):
         _, model = load_trained(to_dict(cfg), checkpoint)
         report["composed"] = rep.composed_section(

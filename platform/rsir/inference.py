@@ -1,19 +1,19 @@
 """Batch embedding with Ray Data (glue): shards -> actor pool of encoders -> archive.
 
-``map_batches`` runs :class:`VisualEmbedder` / :class:`TextEmbedder` actors (one model
-load per actor, GPUs when the recipe asks for them) over a split, streaming; the driver
-collects ids and vectors and publishes them with ``rsir.retrieval.archive``.
+``map_batches`` runs :class:`SplitEmbedder` actors (one model load per actor, GPUs when the
+recipe asks for them) over one or more splits, streaming; the driver collects ids and
+vectors and publishes them with ``rsir.retrieval.archive``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray.data
 
 from rsir.config import RecipeConfig, from_dict, to_dict
 from rsir.data.pipeline import read_split
@@ -37,29 +37,42 @@ def load_trained(recipe: dict[str, Any], checkpoint: str):
     return cfg, model.to(device).eval()
 
 
-class VisualEmbedder:
-    """Ray Data actor: raw shard rows -> ``id`` + ``embedding`` of the image (or pair)."""
+class SplitEmbedder:
+    """Ray Data actor: raw shard rows -> one output row per image (or pair) and one per caption.
 
-    def __init__(self, recipe: dict[str, Any], checkpoint: str) -> None:
-        self.cfg, self.model = load_trained(recipe, checkpoint)
+    One model per actor embeds both modalities of a batch of rows (one pool and one model
+    load per evaluation, not one per modality). Output columns: ``id``, ``split``,
+    ``kind`` (``visual`` or ``caption``), ``text``, ``lang``, ``changed``, ``embedding``.
+    """
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from rsir.retrieval.embed import embed_visual
-
-        inputs = preprocess_batch(batch, self.cfg.data, train=False, with_captions=False)
-        return {"id": inputs["id"], "embedding": embed_visual(self.model, inputs)}
-
-
-class TextEmbedder:
-    """Ray Data actor: caption rows (``text``) -> ``embedding``."""
-
-    def __init__(self, recipe: dict[str, Any], checkpoint: str) -> None:
-        self.cfg, self.model = load_trained(recipe, checkpoint)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __init__(self, recipe: dict[str, Any], checkpoint: str, language: str | None) -> None:
         from rsir.retrieval.embed import embed_texts
 
-        return {**batch, "embedding": embed_texts(self.model, list(batch["text"]))}
+        self.cfg, self.model = load_trained(recipe, checkpoint)
+        self.language = language
+        self.dim = embed_texts(self.model, ["x"]).shape[1]  # for a batch with no good row
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from rsir.retrieval.embed import embed_texts, embed_visual
+
+        inputs = preprocess_batch(batch, self.cfg.data, train=False, with_captions=False)
+        position = {str(i): j for j, i in enumerate(batch["id"])}
+        rows = [position[str(i)] for i in inputs["id"]]  # the rows preprocessing kept
+        texts, langs, owner = explode_captions([batch["captions"][j] for j in rows], self.language)
+        vectors = [embed_visual(self.model, inputs)] if rows else []
+        if texts:
+            vectors.append(embed_texts(self.model, texts))
+        owners = [*rows, *(rows[o] for o in owner)]
+        return {
+            "id": np.array([str(batch["id"][j]) for j in owners], dtype=object),
+            "split": np.array([str(batch["split"][j]) for j in owners], dtype=object),
+            "kind": np.array(["visual"] * len(rows) + ["caption"] * len(texts), dtype=object),
+            "text": np.array([""] * len(rows) + texts, dtype=object),
+            "lang": np.array([""] * len(rows) + langs, dtype=object),
+            "changed": np.array([batch["changed"][j] for j in owners], dtype=object),
+            "embedding": (np.concatenate(vectors) if vectors
+                          else np.zeros((0, self.dim), np.float32)),
+        }
 
 
 @dataclass
@@ -79,43 +92,52 @@ def _actor_kwargs(cfg: RecipeConfig, concurrency: int) -> dict[str, Any]:
     return {"concurrency": concurrency, "num_gpus": gpu, "num_cpus": 0 if gpu else 0.5}
 
 
-def embed_split(
-    cfg: RecipeConfig, checkpoint: str, split: str, language: str | None = "en",
+def embed_splits(
+    cfg: RecipeConfig, checkpoint: str, splits: Sequence[str], language: str | None = "en",
     concurrency: int = 2, batch_size: int = 128,
-) -> SplitEmbeddings:
-    """Embed every image (or pair) of ``split`` and every caption of ``language``."""
-    recipe = to_dict(cfg)
-    ds = read_split(cfg.data.shards, split)
-    vis = ds.map_batches(
-        VisualEmbedder, fn_constructor_kwargs={"recipe": recipe, "checkpoint": checkpoint},
-        batch_size=batch_size, batch_format="numpy", **_actor_kwargs(cfg, concurrency),
+) -> dict[str, SplitEmbeddings]:
+    """Embed every image (or pair) of each split and every caption of ``language`` (all
+    languages when None) in one streaming pass. Rows are ordered by id; a row preprocessing
+    drops (corrupt image) is logged by the worker and left out."""
+    ds = read_split(cfg.data.shards, splits).map_batches(
+        SplitEmbedder, batch_size=batch_size, batch_format="numpy",
+        fn_constructor_kwargs={"recipe": to_dict(cfg), "checkpoint": checkpoint,
+                               "language": language},
+        **_actor_kwargs(cfg, concurrency),
     )
-    ids, vectors = [], []
-    for batch in vis.iter_batches(batch_size=1024, batch_format="numpy"):
-        ids.extend(str(i) for i in batch["id"])
-        vectors.append(np.stack(batch["embedding"]))
-    # Captions and flags are small: read them on the driver, in the row order above.
-    meta = read_split(cfg.data.shards, split, columns=["id", "split", "captions", "changed"])
-    by_id = {str(r["id"]): r for r in meta.iter_rows()}
-    if len(ids) < len(by_id):  # preprocessing dropped them (each logged with why by a worker)
-        missing = sorted(set(by_id) - set(ids))
-        log.warning("embedding %s: skipped %d corrupt or invalid rows of %d, e.g. %s",
-                    split, len(missing), len(by_id), missing[:10])
-    rows = [by_id[i] for i in ids]
-    texts, langs, owner = explode_captions([list(r["captions"]) for r in rows], language)
-    text_ds = ray.data.from_items([{"pos": i, "text": t} for i, t in enumerate(texts)])
-    txt = text_ds.map_batches(
-        TextEmbedder, fn_constructor_kwargs={"recipe": recipe, "checkpoint": checkpoint},
-        batch_size=batch_size * 2, batch_format="numpy", **_actor_kwargs(cfg, concurrency),
-    )
-    text_vectors = np.zeros((len(texts), vectors[0].shape[1] if vectors else 0), np.float32)
-    for batch in txt.iter_batches(batch_size=1024, batch_format="numpy"):
-        text_vectors[batch["pos"]] = np.stack(batch["embedding"])  # order is not kept
+    visual: dict[str, dict[str, tuple[np.ndarray, bool | None]]] = {s: {} for s in splits}
+    captions: dict[str, list[tuple[str, str, np.ndarray]]] = {}
+    for batch in ds.iter_batches(batch_size=4096, batch_format="numpy"):
+        for i, split, kind, text, lang, changed, vec in zip(
+                batch["id"], batch["split"], batch["kind"], batch["text"], batch["lang"],
+                batch["changed"], batch["embedding"]):
+            if kind == "visual":
+                visual[split][i] = (vec, None if changed is None else bool(changed))
+            else:  # a row's captions stay in their shard order
+                captions.setdefault(i, []).append((text, lang, vec))
+    return {split: _split_embeddings(rows, captions) for split, rows in visual.items()}
+
+
+def _split_embeddings(rows: dict[str, tuple[np.ndarray, bool | None]],
+                      captions: dict[str, list[tuple[str, str, np.ndarray]]]) -> SplitEmbeddings:
+    ids = sorted(rows)
+    owned = [(n, c) for n, i in enumerate(ids) for c in captions.get(i, ())]
+    dim = next(iter(rows.values()))[0].shape[0] if rows else 0
     return SplitEmbeddings(
-        ids=ids, visual=np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32),
-        texts=texts, langs=langs, text_owner=np.asarray(owner, dtype=np.int64),
-        text_vectors=text_vectors, changed=[r.get("changed") for r in rows],
+        ids=ids,
+        visual=np.stack([rows[i][0] for i in ids]) if ids else np.zeros((0, dim), np.float32),
+        texts=[c[0] for _, c in owned], langs=[c[1] for _, c in owned],
+        text_owner=np.array([n for n, _ in owned], dtype=np.int64),
+        text_vectors=(np.stack([c[2] for _, c in owned]) if owned
+                      else np.zeros((0, dim), np.float32)),
+        changed=[rows[i][1] for i in ids],
     )
+
+
+def embed_split(cfg: RecipeConfig, checkpoint: str, split: str, language: str | None = "en",
+                **kwargs: Any) -> SplitEmbeddings:
+    """:func:`embed_splits` of one split."""
+    return embed_splits(cfg, checkpoint, [split], language, **kwargs)[split]
 
 
 def publish_split(emb: SplitEmbeddings, cfg: RecipeConfig, checkpoint: str, root: str | Path) -> dict[str, str]:

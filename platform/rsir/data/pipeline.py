@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,9 +28,11 @@ RAW_COLUMNS = ["id", "split", "image", "image_t2", "bands", "captions", "changed
 
 
 def read_split(
-    path: str, split: str, columns: list[str] | None = None, shuffle_files: bool = False
+    path: str, split: str | Sequence[str], columns: list[str] | None = None,
+    shuffle_files: bool = False,
 ) -> ray.data.Dataset:
-    """The rows of one split of the shards under ``path`` (a local path or a URI).
+    """The rows of one split (or of several) of the shards under ``path`` (a local path or
+    a URI).
 
     One read task per shard; ``shuffle_files`` reads the shards in a new random order
     each time the dataset is executed (each epoch).
@@ -47,7 +49,8 @@ def read_split(
     finally:
         ctx.use_datasource_v2 = v2
     # The filter expression is pushed down into the Parquet read.
-    return ds.filter(expr=col("split") == split)
+    splits = [split] if isinstance(split, str) else list(split)
+    return ds.filter(expr=col("split").is_in(splits))
 
 
 def _keep_no_change(batch: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, Any]:

@@ -89,13 +89,34 @@ class _Lemmas:
         return self._lemmas
 
 
+@lru_cache(maxsize=1)
+def _wordnet() -> Any:
+    """NLTK's WordNet 3.0 reader, loaded once per process, without its OMW version map.
+
+    ``WordNetCorpusReader.__init__`` maps WordNet 3.0 onto itself for the multilingual OMW
+    data (``map_wn`` compares the version with the string ``"wordnet"``, so it always
+    maps): 9 of the 16 s a load takes. METEOR reads English synsets only.
+    """
+    import warnings
+
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    from nltk.data import find
+
+    class WordNet30Reader(WordNetCorpusReader):
+        def map_wn(self, version: str = "wordnet") -> None:
+            return None
+
+    with warnings.catch_warnings():  # "multilingual functions are not available": not used
+        warnings.simplefilter("ignore")
+        return WordNet30Reader(find("corpora/wordnet"), None)
+
+
 class _CachedWordNet:
     """The WordNet calls NLTK's METEOR makes (``synsets(w)``, ``.lemmas()``, ``.name()``),
     memoised per word so the corpus is walked once per distinct word."""
 
     def __init__(self) -> None:
-        from nltk.corpus import wordnet
-
+        wordnet = _wordnet()
         self._synsets = lru_cache(maxsize=None)(
             lambda word: tuple(_Lemmas(s) for s in wordnet.synsets(word))
         )

