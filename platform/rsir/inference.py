@@ -7,7 +7,6 @@ vectors and publishes them with ``rsir.retrieval.archive``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,6 @@ from rsir.config import RecipeConfig, from_dict, to_dict
 from rsir.data.pipeline import read_split
 from rsir.data.transforms import explode_captions, preprocess_batch
 from rsir.retrieval.archive import file_sha256, publish_archive
-
-log = logging.getLogger(__name__)
 
 
 def load_trained(recipe: dict[str, Any], checkpoint: str):
