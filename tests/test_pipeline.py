@@ -81,3 +81,24 @@ def test_training_dataset_skips_and_counts_corrupt_rows(ray_session, tmp_path):
         assert summary["rows"] == 4
         assert summary["reads"] == 4 * epoch
     assert sorted(summary["examples"]) == sorted(r["id"] for r in bad)
+
+
+def test_levir_cc_rule_keeps_every_changed_pair_and_the_same_share_of_unchanged_ones(ray_session, tmp_path):
+    from rsir.data.pipeline import training_dataset
+
+    rows = [pair_row(i, 0, "train", 32) for i in range(80)]
+    write_shards(rows, tmp_path / "pairs")
+    changed = {r["id"] for r in rows if r["changed"]}
+    unchanged = {r["id"] for r in rows if not r["changed"]}
+    assert len(changed) > 20 and len(unchanged) > 20
+    cfg = dataclasses.replace(CFG, shards=str(tmp_path / "pairs"), task="pair",
+                              no_change_keep_fraction=0.25)
+    ds = training_dataset(cfg)
+    passes = [sorted(i for b in ds.iter_batches(batch_size=8, batch_format="numpy") for i in b["id"])
+              for _ in range(2)]
+    assert passes[0] == passes[1]  # the same pairs every epoch
+    kept = set(passes[0])
+    assert changed <= kept
+    # A 0.25 share of the unchanged pairs, drawn per id: binomial, mean 0.25 n, sd ~0.07 n.
+    share = len(kept & unchanged) / len(unchanged)
+    assert 0.05 < share < 0.5, share

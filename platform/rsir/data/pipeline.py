@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
 import ray.data
@@ -53,14 +54,15 @@ def read_split(
     return ds.filter(expr=col("split").is_in(splits))
 
 
-def _keep_no_change(batch: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, Any]:
-    """Keep every changed pair and a fixed, seeded ``fraction`` of the no-change ones."""
-    changed = batch["changed"]
-    keep = np.array([
+def _keep_no_change(table: pa.Table, fraction: float, seed: int) -> pa.Table:
+    """Keep every changed pair and a fixed, seeded ``fraction`` of the no-change ones (the
+    same ones every epoch: the draw is seeded by the id). Arrow in and out, so every column
+    keeps its type (a numpy batch turned ``bands`` into objects Arrow could not convert)."""
+    keep = [
         bool(c) or (np.random.default_rng([seed, zlib.crc32(str(i).encode())]).random() < fraction)
-        for c, i in zip(changed, batch["id"])
-    ], dtype=bool)
-    return {k: v[keep] for k, v in batch.items()}
+        for c, i in zip(table.column("changed").to_pylist(), table.column("id").to_pylist())
+    ]
+    return table.filter(pa.array(keep, type=pa.bool_()))
 
 
 @ray.remote(num_cpus=0)
@@ -108,7 +110,7 @@ def training_dataset(cfg: DataConfig, seed: int = 0, counter: ActorHandle | None
     # for every read (the whole split's bytes in the object store) before the first batch.
     ds = read_split(cfg.shards, cfg.train_split, shuffle_files=True)
     if cfg.task == "pair" and cfg.no_change_keep_fraction < 1.0:
-        ds = ds.map_batches(_keep_no_change, batch_format="numpy", batch_size=None,
+        ds = ds.map_batches(_keep_no_change, batch_format="pyarrow", batch_size=None,
                             fn_kwargs={"fraction": cfg.no_change_keep_fraction, "seed": seed})
     # batch_size=None: reading a shard and preprocessing it fuse into one task (with a batch
     # size they are two operators, twice the tasks, and a hop through the object store).
