@@ -44,19 +44,19 @@ def _split_meta(cfg: RecipeConfig, split: str, ids: list[str]) -> dict[str, list
             "thumbs": thumbs}
 
 
-def _caption_protocol(val: Any, test: Any, keep: np.ndarray, lang: str) -> tuple[dict[str, Any], int]:
+def _caption_protocol(val: Any, test: Any, lang: str) -> tuple[dict[str, Any], int]:
     """The time-series paper's caption-metric protocol on val+test merged, as it specifies
     (captions of ``lang``); returns the scores and the number of pairs merged."""
     from rsir.metrics.captions import caption_retrieval_scores
 
-    val_keep = np.array(val.langs) == lang
+    (val_vec, val_owner, val_texts), (test_vec, test_owner, test_texts) = (
+        val.in_language(lang), test.in_language(lang))
     visual = np.concatenate([val.visual, test.visual])
-    vectors = np.concatenate([val.text_vectors[val_keep], test.text_vectors[keep]])
-    owner = np.concatenate([val.text_owner[val_keep], test.text_owner[keep] + len(val.ids)])
-    texts = ([t for t, k in zip(val.texts, val_keep) if k]
-             + [t for t, k in zip(test.texts, keep) if k])
+    vectors = np.concatenate([val_vec, test_vec])
+    owner = np.concatenate([val_owner, test_owner + len(val.ids)])
     changed = np.array(val.changed + test.changed, bool)
-    return caption_retrieval_scores(visual @ vectors.T, owner, texts, changed), len(visual)
+    return caption_retrieval_scores(visual @ vectors.T, owner, val_texts + test_texts,
+                                    changed), len(visual)
 
 
 def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
@@ -75,34 +75,32 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
     emb = embedded[split]
     publish_split(emb, cfg, checkpoint, out / "archive")
     meta = _split_meta(cfg, split, emb.ids)
-    langs = np.array(emb.langs)
     main_lang = "en" if cfg.data.language == "random" else cfg.data.language
-    keep = langs == main_lang
-    sim = emb.visual @ emb.text_vectors[keep].T
-    owner = emb.text_owner[keep]
-    texts = [t for t, k in zip(emb.texts, keep) if k]
+    vectors, owner, texts = emb.in_language(main_lang)
+    sim = emb.visual @ vectors.T
     rerank = ({"k": cfg.eval.rerank_k, "w_c1": cfg.eval.w_c1, "w_c2": cfg.eval.w_c2}
               if cfg.eval.rerank else None)
     report: dict[str, Any] = {"name": cfg.name, "split": split, "checkpoint": checkpoint,
                               "task": cfg.data.task, "language": main_lang,
                               "recall": rep.recall_section(sim, owner, cfg.eval.ks, rerank)}
-    report["per_language"] = {
-        lang: cross_modal_recall(emb.visual @ emb.text_vectors[langs == lang].T,
-                                 emb.text_owner[langs == lang], ks=cfg.eval.ks)
-        for lang in sorted(set(emb.langs))}
+    report["per_language"] = {}
+    for lang in sorted(set(emb.langs)):
+        lang_vectors, lang_owner, _ = emb.in_language(lang)
+        report["per_language"][lang] = cross_modal_recall(emb.visual @ lang_vectors.T, lang_owner,
+                                                          ks=cfg.eval.ks)
     if cfg.data.task == "pair":
         changed = np.array(emb.changed, bool)
         report["recall_change_queries"] = cross_modal_recall(sim, owner, ks=cfg.eval.ks,
                                                              query_images=changed)
         if protocol:
             report["captions"], report["caption_protocol_pairs"] = _caption_protocol(
-                embedded[cfg.data.val_split], emb, keep, main_lang)
+                embedded[cfg.data.val_split], emb, main_lang)
     elif any(meta["attributes"]):
         _, model = load_trained(to_dict(cfg), checkpoint)
         report["composed"] = rep.composed_section(
             emb.ids, meta["class_name"], meta["attributes"], emb.visual,
             lambda ts: embed_texts(model, ts))
-    plot_paths = rep.plots(report, emb.visual, emb.text_vectors[keep], meta["class_name"], owner, out)
+    plot_paths = rep.plots(report, emb.visual, vectors, meta["class_name"], owner, out)
     gallery = rep.gallery(sim, emb.ids, meta["thumbs"], texts, owner,
                           title="pairs" if cfg.data.task == "pair" else "images",
                           composed=report.get("composed", {}).get("examples", ()))

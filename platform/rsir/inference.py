@@ -82,6 +82,13 @@ class SplitEmbeddings:
     text_vectors: np.ndarray  # [T, D]
     changed: list[bool | None]
 
+    def in_language(self, lang: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The captions of ``lang``: their vectors ``[T, D]``, owners (index into ``ids``)
+        and texts."""
+        keep = np.array(self.langs) == lang
+        return (self.text_vectors[keep], self.text_owner[keep],
+                [t for t, k in zip(self.texts, keep) if k])
+
 
 def _actor_kwargs(cfg: RecipeConfig, concurrency: int) -> dict[str, Any]:
     gpu = 1 if cfg.scaling.use_gpu else 0
