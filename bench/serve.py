@@ -2,7 +2,7 @@
 without dynamic batching (ingress ``max_batch_size`` 1 vs N), in one run.
 
     python bench/serve.py [--vectors 100000] [--requests 400] [--concurrency 32] [--batch 32]
-                          [--rounds 3]
+                          [--rounds 3] [--proxy haproxy|serve]
 
 Batched, the ingress sends the texts that queued while the previous batch ran to the text
 encoder in one call (one forward) and scores them against the archive in one matrix
@@ -13,8 +13,10 @@ batched / unbatched at the same number of clients. Then, as the target is throug
 equal p99, the batched server gets 2x, 4x, 8x the clients while its p99 stays within the
 unbatched server's (no errors), and the best throughput among those is compared with the
 unbatched one. Both servers are deployed side by side and each round measures both, so a
-drift of the host's speed hits both alike; the medians over the rounds are printed. The
-model is the untrained tiny dual encoder (the cost of a query
+drift of the host's speed hits both alike; the medians over the rounds are printed. Both
+sit behind the Serve front ``--proxy`` names (``ServeConfig.proxy``: HAProxy, the default,
+or Serve's Python proxy actor), which is a property of the Serve instance, so one run
+measures one front. The model is the untrained tiny dual encoder (the cost of a query
 does not depend on the weights); the archive holds random unit vectors.
 """
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -30,14 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from rsir.serve.config import PROXY_ENV, ServeConfig
+from rsir.serve.fixture import free_ports, local_serve_env, random_unit, tiny_checkpoint
+
 # Ray process titles (ray::<actor class or replica>) -> the role reported per request.
-ROLES = {"ProxyActor": "proxy", "Ingress": "ingress", "TextEncoder": "text encoder"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ROLES = {"ProxyActor": "proxy", "bin/haproxy": "haproxy", "Ingress": "ingress",
+         "TextEncoder": "text encoder"}
 
 
 async def _load(url: str, texts: list[str], n: int, concurrency: int) -> dict[str, float]:
@@ -102,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--num-cpus", type=int, default=None)
+    ap.add_argument("--proxy", choices=sorted(PROXY_ENV), default=ServeConfig.proxy)
     args = ap.parse_args(argv)
 
     import ray
@@ -112,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     from rsir.data.demo_world import scene_row
     from rsir.retrieval.archive import publish_archive
     from rsir.serve.app import build_app
-    from rsir.serve.config import ServeConfig
-    from rsir.serve.fixture import random_unit, tiny_checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="rsir-bench-serve-"))
     tiny_checkpoint(tmp / "model.pt")
@@ -124,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if not ray.is_initialized():
         # address="local": its own instance, never a cluster someone else is using
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-                 log_to_driver=False)
-    port = _free_port()
+                 log_to_driver=False, runtime_env={"env_vars": local_serve_env(args.proxy)})
+    (port,) = free_ports(1)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     c = args.concurrency
     apps: dict[int, tuple[str, Any]] = {}
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             enc = {"num_cpus": 0.5, "max_batch_size": batch, "batch_wait_timeout_s": 0.005}
             cfg = from_dict(ServeConfig, {
                 "checkpoint": str(tmp / "model.pt"), "archives": {"images": str(tmp / "images")},
-                "api_key_env": None, "text_encoder": enc, "image_encoder": {"num_cpus": 0.1},
+                "api_key_env": None, "proxy": args.proxy, "text_encoder": enc, "image_encoder": {"num_cpus": 0.1},
                 "ingress": {"num_cpus": 0.25, "max_batch_size": batch}})
             serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
             url = f"http://127.0.0.1:{port}/{name}"
@@ -171,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
     same_c = sorted(x[0] for x in rounds)
     same_p99 = sorted(x[1] for x in rounds)
-    print(f"archive {args.vectors} vectors, {args.requests}+ requests per measurement, "
-          f"{args.rounds} rounds")
+    print(f"proxy {args.proxy}, archive {args.vectors} vectors, {args.requests}+ requests per "
+          f"measurement, {args.rounds} rounds")
     print(f"batched/unbatched throughput at {c} clients each: median x{np.median(same_c):.2f} "
           f"(rounds: {', '.join(f'{x:.2f}' for x in same_c)})")
     print(f"batched/unbatched throughput at equal p99: median x{np.median(same_p99):.2f} "

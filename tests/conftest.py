@@ -29,9 +29,14 @@ def ray_session():
     import ray
     from ray.cluster_utils import Cluster
 
+    from rsir.serve.config import ServeConfig
+    from rsir.serve.fixture import local_serve_env
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    ray.init(address=cluster.address, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_ADDRESS": cluster.address}})
+    # Serve runs behind the front `rsir serve` starts by default (tests/test_serve.py).
+    env = {"OMP_NUM_THREADS": "1", "RAY_ADDRESS": cluster.address,
+           **local_serve_env(ServeConfig.proxy)}
+    ray.init(address=cluster.address, log_to_driver=False, runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
     cluster.shutdown()

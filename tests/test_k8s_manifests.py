@@ -596,6 +596,22 @@ def test_rayservice_serve_config_contract():
     assert func in names, f"{module} defines no top-level {func}()"
 
 
+def test_rayservice_pods_run_the_serve_front_of_the_serve_config():
+    """The Serve front is a property of the cluster's processes, not of the application:
+    every RayService pod carries PROXY_ENV of configs/serve.yaml's ``proxy``."""
+    from rsir.config import load_config
+    from rsir.serve.config import PROXY_ENV, ServeConfig
+
+    want = PROXY_ENV[load_config(REPO / SERVE_CONFIG, cls=ServeConfig).proxy]
+    for name in KUSTOMIZATIONS:
+        service = by_kind(rendered(name), "RayService")["rsir-serve"]
+        for group, template in pod_templates(service):
+            for container in template["spec"]["containers"]:
+                env = {e["name"]: e["value"] for e in container.get("env", [])}
+                got = {k: env.get(k, "0") for k in want}
+                assert got == want, f"{name}: RayService/{group}/{container['name']}: {got}"
+
+
 def _dockerfile() -> str:
     return (REPO / "Dockerfile").read_text(encoding="utf-8")
 

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -21,12 +20,6 @@ pytestmark = pytest.mark.ray
 
 requests = pytest.importorskip("requests")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def b64(data: bytes) -> str:
@@ -48,10 +41,10 @@ def server(ray_session, tmp_path_factory):
     from rsir.config import from_dict
     from rsir.serve.app import build_app
     from rsir.serve.config import ServeConfig
-    from rsir.serve.fixture import make_fixture, serve_config_dict
+    from rsir.serve.fixture import free_ports, make_fixture, serve_config_dict
 
     fx = make_fixture(tmp_path_factory.mktemp("serve"), n_scenes=16, n_pairs=8)
-    port = _free_port()
+    (port,) = free_ports(1)
     cfg_dict = serve_config_dict(fx, port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(from_dict(ServeConfig, cfg_dict)), name="rsir", route_prefix="/")
@@ -88,6 +81,19 @@ def test_health_archives_docs(server):
     assert s.get(url + "/docs").status_code == 200
     page = s.get(url + "/")
     assert page.status_code == 200 and "/v1/search" in page.text
+
+
+def test_port_is_answered_by_the_configured_front(server):
+    """The session's Ray runs Serve with ServeConfig's default front, proxy: haproxy
+    (tests/conftest.py): HAProxy listens on the configured host and port and forwards to
+    the ingress replica's own HTTP server, not Serve's Python proxy actor."""
+    psutil = pytest.importorskip("psutil")
+    port = int(server["url"].rsplit(":", 1)[1])
+    listeners = {c.pid for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listeners, f"nothing listens on {port}"
+    names = {psutil.Process(pid).name() for pid in listeners if pid}
+    assert names == {"haproxy"}, names
 
 
 def test_image_query_finds_itself(server):

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ray import serve
 
 from rsir.config import RecipeConfig, from_dict, load_config, to_dict
 from rsir.serve.batching import Batcher
-from rsir.serve.config import EncoderConfig, ServeConfig
+from rsir.serve.config import PROXY_ENV, EncoderConfig, ServeConfig
 from rsir.serve.requests import ApiError, SearchRequest, parse_embed, parse_search
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,18 @@ STATIC = Path(__file__).resolve().parent / "static"
 # ---------------------------------------------------------------------------------------
 # Encoders
 # ---------------------------------------------------------------------------------------
+
+
+class _ForwardThread:
+    """Runs an encoder's forwards one at a time on a thread of its own: off the replica's
+    event loop (which, with ``proxy: haproxy``, also runs Serve's request handling and
+    health checks), and never two at once (the text tower's vector cache is not locked)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+
+    async def __call__(self, fn, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
 
 @serve.deployment
@@ -49,9 +62,13 @@ class ImageEncoder:
         self.cfg, self.model = load_trained(recipe, checkpoint)
         self.embed.set_max_batch_size(max_batch_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._forward = _ForwardThread()
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def embed(self, items: list[dict[str, Any]]) -> list[np.ndarray | None]:
+        return await self._forward(self._embed, items)
+
+    def _embed(self, items: list[dict[str, Any]]) -> list[np.ndarray | None]:
         from rsir.data.transforms import preprocess_batch
         from rsir.retrieval.embed import embed_visual
 
@@ -84,6 +101,7 @@ class TextEncoder:
         self.cfg, self.model = load_trained(recipe, checkpoint)
         self.embed.set_max_batch_size(max_batch_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._forward = _ForwardThread()
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def embed(self, texts: list[str]) -> list[np.ndarray]:
@@ -93,7 +111,7 @@ class TextEncoder:
         """A batch the caller already formed (the ingress's text search): one forward."""
         from rsir.retrieval.embed import embed_texts
 
-        return embed_texts(self.model, texts)
+        return await self._forward(embed_texts, self.model, texts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -126,6 +144,16 @@ def _load(target: str, root: str) -> Loaded:
         for owner, text in zip(archive.metadata.get("owner", []), archive.metadata.get("text", [])):
             owner_texts.setdefault(str(owner), []).append(str(text))
     return Loaded(archive.version, archive, ExactSearcher(archive.vectors), owner_texts)
+
+
+def _composed_top_k(vectors: np.ndarray, qi: np.ndarray, qt: np.ndarray, lam: float,
+                    k: int) -> list[tuple[int, float]]:
+    """(row, score) of the k best WEICOM scores of an image + text query."""
+    from rsir.retrieval.composed import weicom
+
+    scores = weicom((vectors @ qi)[None], (vectors @ qt)[None], lam)[0]
+    rows = np.argsort(-scores, kind="stable")[:k]
+    return [(int(r), float(scores[r])) for r in rows]
 
 
 class Thumbnails:
@@ -348,14 +376,11 @@ class Ingress:
             raise ApiError(404, "target", f"the {req.target!r} archive is empty")
         k = min(req.k, n)
         if req.kind == "composed":
-            from rsir.retrieval.composed import weicom
-
             qi, qt = await asyncio.gather(self._visual(req), self._text(req.text))
             if n < 2:
                 raise ApiError(422, "target", "composed scoring needs at least 2 archive items")
-            scores = weicom((vectors @ qi)[None], (vectors @ qt)[None], req.lam)[0]
-            rows = np.argsort(-scores, kind="stable")[:k]
-            top = [(int(r), float(scores[r])) for r in rows]
+            # Two passes over the archive: in a thread, off the event loop.
+            top = await asyncio.to_thread(_composed_top_k, vectors, qi, qt, req.lam, k)
         else:
             n_cand = min(max(k, self.cfg.rerank.candidates) if req.rerank else k, n)
             if req.kind == "text":
@@ -597,14 +622,19 @@ def cli_main(args: Any) -> int:
     from rsir.cluster import init_ray
 
     cfg = load_config(args.config, list(getattr(args, "overrides", []) or []), cls=ServeConfig)
-    init_ray(getattr(args, "address", None))
+    local = init_ray(getattr(args, "address", None), env_vars=PROXY_ENV[cfg.proxy])
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name="rsir", route_prefix="/", blocking=False)
-    print(f"rsir serving on http://{cfg.host}:{cfg.port}/  (docs: /docs)", flush=True)
+    print(f"rsir serving on http://{cfg.host}:{cfg.port}/ behind {cfg.proxy} (docs: /docs)",
+          flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
+        # A local Ray (Serve and HAProxy with it) ends with this process, without the
+        # ingress replicas' 30 s drain, which is for load balancers in front of a cluster;
+        # on a cluster only this application is taken down.
+        if not local:
+            serve.delete("rsir")
     return 0

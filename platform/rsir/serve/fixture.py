@@ -1,12 +1,41 @@
 """A tiny serving setup for tests and the benchmark: an untrained tiny model checkpoint,
-demo-world shards, and archives embedded with that model (no Ray needed)."""
+demo-world shards, archives embedded with that model (no Ray needed), and the
+environment of a Serve instance that shares the host with others."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rsir.serve.config import PROXY_ENV
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def local_serve_env(proxy: str) -> dict[str, str]:
+    """``PROXY_ENV[proxy]`` for a Serve instance of a test session or a benchmark: HAProxy's
+    stats and metrics ports and Serve's fallback proxy port on free ports instead of the
+    fixed 8404, 9101 and 8500 (so it can run beside ``rsir serve`` or another one), and
+    ingress replicas that drain 1 s when stopped instead of 30 (the wait is for load
+    balancers outside Serve, which these have none of)."""
+    stats, metrics, fallback = free_ports(3)
+    return {**PROXY_ENV[proxy], "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
 
 def tiny_checkpoint(path: str | Path, seed: int = 0) -> dict[str, Any]:
