@@ -34,7 +34,8 @@ import numpy as np
 from rsir.serve.config import PROXY_ENV, ServeConfig
 from rsir.serve.fixture import free_ports, local_serve_env, random_unit, tiny_checkpoint
 
-# Ray process titles (ray::<actor class or replica>) -> the role reported per request.
+# Command-line fragments (Ray's process titles ray::<actor or replica>, HAProxy's binary)
+# -> the role reported per request.
 ROLES = {"ProxyActor": "proxy", "bin/haproxy": "haproxy", "Ingress": "ingress",
          "TextEncoder": "text encoder"}
 

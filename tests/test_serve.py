@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -92,8 +93,65 @@ def test_port_is_answered_by_the_configured_front(server):
     listeners = {c.pid for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
     assert listeners, f"nothing listens on {port}"
-    names = {psutil.Process(pid).name() for pid in listeners if pid}
+    assert None not in listeners, f"no permission to see who listens on {port}"
+    names = {psutil.Process(pid).name() for pid in listeners}
     assert names == {"haproxy"}, names
+
+
+@pytest.mark.slow
+def test_rsir_serve_command_answers_and_leaves_nothing_behind(server, tmp_path):
+    """`rsir serve` on a Ray of its own: HAProxy on the config's port answers a search;
+    on SIGINT the process exits within seconds and takes HAProxy with it."""
+    import signal
+
+    import yaml
+
+    psutil = pytest.importorskip("psutil")
+
+    from rsir.serve.fixture import free_ports, local_serve_env, serve_config_dict
+
+    (port,) = free_ports(1)
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(yaml.safe_dump(serve_config_dict(server["fx"], port, api_key_file=None)))
+    # HAProxy's stats / metrics and the fallback proxy off their fixed ports (the session's
+    # Serve holds free ones), nothing else: `rsir serve` sets its front itself.
+    env = {**os.environ, **{k: v for k, v in local_serve_env("haproxy").items()
+                            if k.endswith("_PORT")}}
+    env.pop("RAY_ADDRESS", None)  # a local instance, not the session's cluster
+    rsir = Path(sys.executable).parent / "rsir"
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([str(rsir), "serve", "--config", str(cfg)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if requests.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or no replica yet
+                pass
+            time.sleep(0.5)
+        text = server["fx"]["texts"][0]
+        r = requests.post(url + "/v1/search", json={"kind": "text", "text": text,
+                                                    "target": "captions", "k": 1}, timeout=30)
+        assert r.status_code == 200, (tmp_path / "serve.log").read_text()[-3000:]
+        assert r.json()["results"][0]["text"] == text
+        holders = {c.pid for c in psutil.net_connections("tcp")
+                   if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert {psutil.Process(pid).name() for pid in holders} == {"haproxy"}
+        start = time.time()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        assert time.time() - start < 20
+        time.sleep(1)
+        for pid in holders:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
 
 
 def test_image_query_finds_itself(server):

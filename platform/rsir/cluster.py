@@ -20,5 +20,7 @@ def init_ray(address: str | None = None, env_vars: dict[str, str] | None = None)
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
         return False
-    ray.init(runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **(env_vars or {})}})
+    # address="local": a new instance even when `ray start` runs one on this host (that
+    # one is joined with --address), so the instance is this process's own.
+    ray.init(address="local", runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **(env_vars or {})}})
     return True

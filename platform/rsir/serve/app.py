@@ -395,8 +395,8 @@ class Ingress:
             top = [(int(i), float(v)) for i, v in zip(idx, s) if i >= 0]
             if req.rerank:
                 pool = {"text": "captions", "image": "images", "image_pair": "pairs"}[req.kind]
-                mr = self._rerank(req.kind, q, vectors[[i for i, _ in top]],
-                                  archives[pool].archive.vectors)
+                mr = await asyncio.to_thread(self._rerank, req.kind, q, vectors[[i for i, _ in top]],
+                                             archives[pool].archive.vectors)
                 order = np.argsort(-mr, kind="stable")
                 top = [(top[j][0], float(mr[j])) for j in order]
             top = top[:k]
@@ -540,7 +540,7 @@ class Ingress:
             data = await asyncio.to_thread(self.thumbs.get, item_id, date)
             if not data:
                 raise ApiError(404, "item_id", f"no image for id {item_id!r}")
-            png, media = _to_png(data)
+            png, media = await asyncio.to_thread(_to_png, data)
             return Response(png, media_type=media,
                             headers={"cache-control": "public, max-age=3600"})
         except ApiError as err:
@@ -625,8 +625,8 @@ def cli_main(args: Any) -> int:
     local = init_ray(getattr(args, "address", None), env_vars=PROXY_ENV[cfg.proxy])
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name="rsir", route_prefix="/", blocking=False)
-    print(f"rsir serving on http://{cfg.host}:{cfg.port}/ behind {cfg.proxy} (docs: /docs)",
-          flush=True)
+    front = cfg.proxy if local else "the cluster's Serve front"
+    print(f"rsir serving on http://{cfg.host}:{cfg.port}/ behind {front} (docs: /docs)", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

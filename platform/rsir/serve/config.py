@@ -11,8 +11,8 @@ from typing import Any, Literal
 # the configured host and port and forwards each request straight to an ingress replica's
 # own HTTP server; deployments call each other over gRPC; user code runs on the replica's
 # event loop; request logs are buffered. "serve": Ray Serve's Python proxy actor, which
-# relays every request to the replica as Ray actor calls (about 4 ms of CPU a request on
-# bench/serve.py; where HAProxy can't run, e.g. not on Linux).
+# relays every request to the replica as Ray actor calls (4.5-5 ms of CPU a request between
+# the proxy and the replica on bench/serve.py; for where HAProxy can't run, e.g. not Linux).
 PROXY_ENV: dict[str, dict[str, str]] = {
     "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
     "serve": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
