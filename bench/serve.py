@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             enc = {"num_cpus": 0.5, "max_batch_size": batch, "batch_wait_timeout_s": 0.005}
             cfg = from_dict(ServeConfig, {
                 "checkpoint": str(tmp / "model.pt"), "archives": {"images": str(tmp / "images")},
-                "api_key_env": None, "proxy": args.proxy, "text_encoder": enc, "image_encoder": {"num_cpus": 0.1},
+                "api_key_env": None, "text_encoder": enc, "image_encoder": {"num_cpus": 0.1},
                 "ingress": {"num_cpus": 0.25, "max_batch_size": batch}})
             serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
             url = f"http://127.0.0.1:{port}/{name}"

@@ -32,7 +32,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from rsir.serve.fixture import free_ports
 
 try:  # Python >= 3.11
     import tomllib
@@ -801,20 +802,6 @@ RUNTIME_ENV_EXCLUDES = [".git", ".venv", "platform/", "tests/", "bench/", "k8s/"
                         "out/", "demo_out/", "*.egg-info", ".pytest_cache", ".ruff_cache"]
 
 
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
 @contextmanager
 def local_ray_cluster(workdir: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """A separate single-node Ray cluster on loopback; yields (dashboard address, headers).
@@ -831,7 +818,7 @@ def local_ray_cluster(workdir: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """
     ray_bin = Path(sys.executable).with_name("ray")
     assert ray_bin.exists(), f"no ray CLI beside {sys.executable}"
-    gcs, dash, client, agent_http, agent_grpc, metrics, renv = _free_ports(7)
+    gcs, dash, client, agent_http, agent_grpc, metrics, renv = free_ports(7)
     # The dashboard listens on 127.0.0.1 only; GCS and raylet use this host's own address
     # (Ray maps 127.0.0.1 to it), so all traffic stays on this machine.
     temp_dir = tempfile.mkdtemp(prefix="rsirjob", dir="/tmp")  # AF_UNIX paths stay short

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
 
 from rsir.config import LossConfig
 from rsir.losses import LOSSES, SymmetricInfoNCE, TripletRankingLoss, create_loss
+from rsir.serve.fixture import free_ports
 
 # ---------------------------------------------------------------------------------------
 # Hand-computed values
@@ -141,16 +141,10 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_global_batch_equals_single_process(tmp_path) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank_main, args=(free_ports(1)[0], str(tmp_path)), nprocs=WORLD, join=True)
     image, text = _features()
     per = N // WORLD
     for name, loss in _losses(0, 1).items():  # world_size 1: no gather, the whole batch

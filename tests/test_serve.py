@@ -20,6 +20,7 @@ import pytest
 pytestmark = pytest.mark.ray
 
 requests = pytest.importorskip("requests")
+psutil = pytest.importorskip("psutil")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -84,17 +85,21 @@ def test_health_archives_docs(server):
     assert page.status_code == 200 and "/v1/search" in page.text
 
 
+def _listening_pids(port: int) -> set[int]:
+    """The processes listening on TCP ``port`` (at least one, all visible to us)."""
+    pids = {c.pid for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert pids, f"nothing listens on {port}"
+    assert None not in pids, f"no permission to see who listens on {port}"
+    return pids
+
+
 def test_port_is_answered_by_the_configured_front(server):
     """The session's Ray runs Serve with ServeConfig's default front, proxy: haproxy
     (tests/conftest.py): HAProxy listens on the configured host and port and forwards to
     the ingress replica's own HTTP server, not Serve's Python proxy actor."""
-    psutil = pytest.importorskip("psutil")
     port = int(server["url"].rsplit(":", 1)[1])
-    listeners = {c.pid for c in psutil.net_connections("tcp")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
-    assert listeners, f"nothing listens on {port}"
-    assert None not in listeners, f"no permission to see who listens on {port}"
-    names = {psutil.Process(pid).name() for pid in listeners}
+    names = {psutil.Process(pid).name() for pid in _listening_pids(port)}
     assert names == {"haproxy"}, names
 
 
@@ -105,8 +110,6 @@ def test_rsir_serve_command_answers_and_leaves_nothing_behind(server, tmp_path):
     import signal
 
     import yaml
-
-    psutil = pytest.importorskip("psutil")
 
     from rsir.serve.fixture import free_ports, local_serve_env, serve_config_dict
 
@@ -138,8 +141,7 @@ def test_rsir_serve_command_answers_and_leaves_nothing_behind(server, tmp_path):
                                                     "target": "captions", "k": 1}, timeout=30)
         assert r.status_code == 200, (tmp_path / "serve.log").read_text()[-3000:]
         assert r.json()["results"][0]["text"] == text
-        holders = {c.pid for c in psutil.net_connections("tcp")
-                   if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        holders = _listening_pids(port)
         assert {psutil.Process(pid).name() for pid in holders} == {"haproxy"}
         start = time.time()
         proc.send_signal(signal.SIGINT)
