@@ -86,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", default=[], help="config overrides key.path=value")
     p.set_defaults(func="rsir.tune.campaign:cli_main")
 
+    p = sub.add_parser("check", help="what a job would read and need, and every problem "
+                       "(exit 1 on any); starts nothing")
+    _add_config_args(p)
+    p.add_argument("--job", default="train",
+                   choices=["train", "tune", "index", "evaluate", "detect", "translate", "serve"],
+                   help="the job to check the recipe for (serve: --config is a serving YAML)")
+    p.add_argument("--checkpoint", default=None, help="trained weights the job would load")
+    p.add_argument("--split", default=None, help="index: the split to embed")
+    p.add_argument("--shards", default=None, help="the archive (default: data.shards)")
+    p.add_argument("--address", default=None,
+                   help="compare with this Ray cluster's resources (default: this machine's)")
+    p.set_defaults(func="rsir.preflight:cli_main")
+
     p = sub.add_parser("serve", help="serve search (Ray Serve: encoders + ingress) over archives")
     _add_config_args(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")

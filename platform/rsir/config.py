@@ -84,7 +84,11 @@ class DataConfig:
     bands: list[str] = field(default_factory=lambda: ["R", "G", "B"])
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
-    # Caption language: one language, or ``random`` to draw one per sample per epoch.
+    # The caption languages the recipe reads: every job refuses an archive that lacks one,
+    # and the evaluation reports exactly these (``[]``: no captions, e.g. WEICOM on PatternNet).
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    # Training caption language: one of ``languages``, or ``random`` to draw one of them per
+    # sample per epoch.
     language: str = "en"
     augment: bool = True
     random_crop_scale: float = 0.9
@@ -120,6 +124,9 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    # On a joined cluster (it may autoscale), how long a job waits for the resources it asks
+    # for before it gives up; a local instance that cannot fit the request refuses at once.
+    resource_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from rsir.cluster import init_ray
 from rsir.config import RecipeConfig, load_config, save_config, to_dict
+from rsir.preflight import check_recipe, start_job
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
     emb = embedded[split]
     publish_split(emb, cfg, checkpoint, out / "archive")
     meta = _split_meta(cfg, split, emb.ids)
-    main_lang = "en" if cfg.data.language == "random" else cfg.data.language
+    main_lang = cfg.data.languages[0] if cfg.data.language == "random" else cfg.data.language
     vectors, owner, texts = emb.in_language(main_lang)
     sim = emb.visual @ vectors.T
     rerank = ({"k": cfg.eval.rerank_k, "w_c1": cfg.eval.w_c1, "w_c2": cfg.eval.w_c2}
@@ -84,7 +84,7 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
                               "task": cfg.data.task, "language": main_lang,
                               "recall": rep.recall_section(sim, owner, cfg.eval.ks, rerank)}
     report["per_language"] = {}
-    for lang in sorted(set(emb.langs)):
+    for lang in cfg.data.languages:  # exactly the declared ones (preflight: all present)
         lang_vectors, lang_owner, _ = emb.in_language(lang)
         report["per_language"][lang] = cross_modal_recall(emb.visual @ lang_vectors.T, lang_owner,
                                                           ks=cfg.eval.ks)
@@ -111,9 +111,11 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
 
 def evaluate_main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    init_ray(args.address)
+    checkpoint = _checkpoint(cfg, args.checkpoint)
+    start_job(check_recipe(cfg, "evaluate", checkpoint=checkpoint), args.address,
+              cfg.scaling.resource_timeout_s)
     out = Path(args.out or Path(cfg.train.run_dir) / cfg.name / "report")
-    report = evaluate(cfg, _checkpoint(cfg, args.checkpoint), out)
+    report = evaluate(cfg, checkpoint, out)
     print(f"{cfg.name}: mR {report['recall']['plain']['mR']:.2f} "
           f"(chance {report['recall']['chance']['mR']:.2f}); report in {out}")
     return 0
@@ -123,8 +125,9 @@ def index_main(args: argparse.Namespace) -> int:
     from rsir.inference import embed_split, publish_split
 
     cfg = load_config(args.config, args.overrides)
-    init_ray(args.address)
     checkpoint = _checkpoint(cfg, args.checkpoint)
+    start_job(check_recipe(cfg, "index", checkpoint=checkpoint, split=args.split), args.address,
+              cfg.scaling.resource_timeout_s)
     out = Path(args.out or Path(cfg.train.run_dir) / cfg.name / "archive")
     emb = embed_split(cfg, checkpoint, args.split or cfg.data.test_split, language=None)
     versions = publish_split(emb, cfg, checkpoint, out)
