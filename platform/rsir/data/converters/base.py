@@ -354,18 +354,19 @@ class Converter(ABC):
             raise BadRecord("; ".join(rec.problems))
         if rec.split not in self.splits:
             raise BadRecord(f"unknown split {rec.split!r} (known: {', '.join(sorted(self.splits))})")
-        captions = decode_captions(rec.captions, "en")
-        if rec.require_captions and not captions:
+        english = decode_captions(rec.captions, "en")
+        if rec.require_captions and not english:
             raise BadRecord("no captions")
+        captions = list(english)
         for lang, table in self.translations.items():
             entry = table.get(rec.caption_key)
             if entry is None:
                 raise BadRecord(f"{lang}: no translation of {rec.caption_key} in "
                                 f"{self.translation_paths[lang]}")
             raws, file = entry
-            if len(raws) != len(captions):
+            if len(raws) != len(english):
                 raise BadRecord(f"{lang}: {len(raws)} sentences for {rec.caption_key} in {file}, "
-                                f"{len(captions)} in English")
+                                f"{len(english)} in English")
             captions += decode_captions(raws, lang, f"{lang} ({file})")
         loaded = [load_date(paths) for paths in rec.dates]
         first = loaded[0][0]

@@ -28,10 +28,10 @@ from pathlib import Path
 
 from rsir.data.converters.base import (
     CONVERTERS,
+    CaptionTable,
     Converter,
     Record,
     caption_bytes,
-    CaptionTable,
     infer_changed,
     karpathy_caption_table,
     load_json_bytes,

@@ -7,10 +7,12 @@ Published layout (github.com/Chen-Yang-Liu/LEVIR-CC-Dataset)::
     images/{train,val,test}/A/*.png   first date
     images/{train,val,test}/B/*.png   second date
 
-``--translations LANG=PATH``: a JSON in the same layout (``images[].filename``,
-``sentences[].raw`` in that language). ``changed`` comes from ``changeflag``. A file without it (the captions rebuilt from the
+``changed`` comes from ``changeflag``. A file without it (the captions rebuilt from the
 released token files carry ``changeflag_inferred`` instead) uses ``changeflag_inferred``,
 and one with neither uses :func:`~rsir.data.converters.base.infer_changed` on the captions.
+
+``--translations LANG=PATH``: a JSON in the same layout (``images[].filename``,
+``sentences[].raw`` in that language).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from typing import Any
 
 from rsir.data.converters.base import (
     CONVERTERS,
+    CaptionTable,
     Converter,
     Record,
     caption_bytes,
-    CaptionTable,
     infer_changed,
     karpathy_caption_table,
     load_json_bytes,
