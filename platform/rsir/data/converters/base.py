@@ -157,6 +157,8 @@ def karpathy_caption_table(path: Path) -> CaptionTable:
     for file in files:
         for item in load_json_bytes(file).get("images", []):
             filename = str(item.get("filename", ""))
+            if not filename:  # matches no record (a record without one is quarantined)
+                continue
             if filename in table:
                 raise ValueError(f"{file}: {filename!r} is listed twice (also in {table[filename][1]})")
             table[filename] = ([caption_bytes(s.get("raw")) for s in item.get("sentences", [])],

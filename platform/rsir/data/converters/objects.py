@@ -29,7 +29,6 @@ the model's ``categories`` option decides which it embeds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -156,26 +155,18 @@ class ObjectLabels:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.dota: dict[str, Path] = {}  # image stem -> label file
+        self.coco: tuple[dict[str, CocoImage], dict[Any, str]] | None = None
         if self.path.is_dir():
-            self.files = {p.stem: p for p in sorted(self.path.glob("*.txt"))}
-            self.coco: tuple[dict[str, CocoImage], dict[Any, str]] | None = None
+            self.dota = {p.stem: p for p in sorted(self.path.glob("*.txt"))}
         elif self.path.is_file():
             try:
                 data = json.loads(self.path.read_bytes())
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise LabelError(f"{self.path}: not valid JSON: {err}") from None
-            self.files = {self.path.stem: self.path}
             self.coco = index_coco(data, self.path.name)
         else:
             raise FileNotFoundError(f"--objects {self.path}: no such folder or file")
-
-    def fingerprint(self) -> str:
-        """sha256 over every label file's name and contents (so an edited file re-converts)."""
-        h = hashlib.sha256()
-        for stem, path in sorted(self.files.items()):
-            h.update(f"\0{path.name}\0".encode())
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-        return h.hexdigest()
 
     def objects_for(self, image: Path, width: int, height: int) -> list[dict[str, Any]]:
         """The objects of ``image`` (decoded size ``width`` x ``height``); raises LabelError."""
@@ -184,7 +175,7 @@ class ObjectLabels:
             entry = images.get(image.stem)
             return [] if entry is None else coco_objects(entry, categories, width, height,
                                                          self.path.name)
-        path = self.files.get(image.stem)
+        path = self.dota.get(image.stem)
         if path is None:
             return []
         try:
