@@ -334,31 +334,37 @@ def test_dubai_ccd_band_stats_of_the_training_pairs(shared_data: Path, tmp_path:
     assert cfg.data.std == pytest.approx([pixels[:, 5].std(), pixels[:, 0].std()], rel=1e-9)
 
 
-def test_dubai_ccd_translation_folder(shared_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dataset", ["dubai-ccd", "levir-cc"])
+def test_change_caption_translations(shared_data: Path, tmp_path: Path, dataset: str) -> None:
+    """Dubai-CCD: a folder with its three caption files; LEVIR-CC: one JSON."""
     import json
 
-    pytest.importorskip("tifffile")
-    expected = load_maker("dubai_ccd").make(tmp_path / "src", shared_data)
+    if dataset == "dubai-ccd":
+        pytest.importorskip("tifffile")
+    expected = load_maker(dataset.replace("-", "_")).make(tmp_path / "src", shared_data)
     it = tmp_path / "it"
     it.mkdir()
-    for file in (tmp_path / "src/description_jsontr_te_val").glob("*.json"):
-        data = json.loads(file.read_text())
+    files = (sorted((tmp_path / "src/description_jsontr_te_val").glob("*.json")) if dataset == "dubai-ccd"
+             else [tmp_path / "src/LevirCCcaptions.json"])
+    for file in files:
+        data = json.loads(file.read_bytes().decode("utf-8", "replace"))
         for item in data["images"]:
             item["sentences"] = [{"raw": f"frase {i} della coppia {item['filename']}"}
                                  for i in range(len(item["sentences"]))]
-        if file.name == "Test_Dubai_CC.json":
+        if file == files[-1]:
             dropped = data["images"].pop(0)["filename"]
         (it / file.name).write_text(json.dumps(data))
-    converter = CONVERTERS.build("dubai-ccd", src=tmp_path / "src", translations={"it": it})
-    run_conversion(converter, tmp_path / "out")
+    path = it if dataset == "dubai-ccd" else it / files[0].name
+    run_conversion(CONVERTERS.build(dataset, src=tmp_path / "src", translations={"it": path}),
+                   tmp_path / "out")
     reasons = quarantine_reasons(tmp_path / "out")
-    stem = Path(dropped).stem
-    assert reasons.pop(f"dubai-ccd/{stem}") == f"it: no translation of {dropped} in {it}"
+    assert reasons.pop(f"{dataset}/{Path(dropped).stem}") == f"it: no translation of {dropped} in {path}"
     assert_reasons(reasons, expected["bad"])
     rows = read_table(tmp_path / "out").to_pylist()
     assert len(rows) == len(expected["good"]) - 1
+    suffix = ".tif" if dataset == "dubai-ccd" else ".png"
     for row in rows:
-        filename = row["id"].split("/")[1] + ".tif"
+        filename = row["id"].split("/")[1] + suffix
         assert [c for c in row["captions"] if c["lang"] == "it"] == [
             {"text": f"frase {i} della coppia {filename}", "lang": "it"} for i in range(5)]
 
