@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory for shards and _meta/")
     p.add_argument("--image-dir", default=None,
                    help="image folder when it is not where the layout puts it (precomp)")
+    p.add_argument("--objects", default=None, metavar="PATH",
+                   help="objects of the images: a folder of DOTA label files or a COCO JSON")
+    p.add_argument("--translations", action="append", default=[], metavar="LANG=PATH",
+                   help="another language's captions in the dataset's layout (repeatable)")
     p.add_argument("--limit", type=int, default=None,
                    help="convert only the first N records of each split")
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
