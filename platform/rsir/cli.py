@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", default=None, help="the archive (default: data.shards)")
     p.add_argument("--address", default=None,
                    help="compare with this Ray cluster's resources (default: this machine's)")
-    p.set_defaults(func="rsir.preflight:cli_main")
+    p.set_defaults(func="rsir.check:cli_main")
 
     p = sub.add_parser("serve", help="serve search (Ray Serve: encoders + ingress) over archives")
     _add_config_args(p)

@@ -15,16 +15,14 @@ nothing.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from rsir.config import RecipeConfig, load_config, load_yaml
+from rsir.config import RecipeConfig
 from rsir.data.contract import InputContract, archive_problems, inspect_archive
 
 log = logging.getLogger(__name__)
@@ -118,40 +116,28 @@ def resource_requests(cfg: RecipeConfig, job: str) -> list[ResourceRequest]:
     return [ResourceRequest("batch-inference actor", 1, bundle, fixes)]
 
 
-def serve_requests(cfg: Any) -> list[ResourceRequest]:
-    """The replicas of a Serve config's deployments (``rsir.serve.config.ServeConfig``)."""
-    out = []
-    for name in ("image_encoder", "text_encoder"):
-        enc = getattr(cfg, name)
-        count = enc.autoscaling.get("min_replicas", 1) if enc.autoscaling else enc.num_replicas
-        out.append(ResourceRequest(f"{name} replica", int(count),
-                                   {"CPU": enc.num_cpus, "GPU": enc.num_gpus},
-                                   {"GPU": f"{name}.num_gpus=0", "CPU": f"{name}.num_cpus=C",
-                                    "count": f"{name}.num_replicas=N"}))
-    out.append(ResourceRequest("ingress replica", cfg.ingress.num_replicas,
-                               {"CPU": cfg.ingress.num_cpus},
-                               {"CPU": "ingress.num_cpus=C", "count": "ingress.num_replicas=N"}))
-    return out
-
-
 def pack(requests: Sequence[ResourceRequest], nodes: Sequence[dict[str, float]]) -> str | None:
-    """First-fit the bundles onto the nodes' resources; None when all fit, else what is short."""
+    """Place every bundle on a node (scarcest resources first, each on the node it fills best);
+    None when all fit, else what is short and the override that fixes it."""
     free = [dict(n) for n in nodes]
-    for req in requests:
-        for i in range(req.count):
-            home = next((n for n in free if all(n.get(k, 0.0) >= v for k, v in req.bundle.items() if v)),
-                        None)
-            if home is None:
-                total = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
-                short = [k for k, v in req.bundle.items()
-                         if v and not any(n.get(k, 0.0) >= v for n in nodes)]
-                why = (f"no node has {', '.join(f'{k} {req.bundle[k]:g}' for k in short)}" if short
-                       else f"only {i} of them fit beside the rest")
-                fix = "; ".join(req.fixes[k] for k in (short or ["count"]) if k in req.fixes)
-                return (f"the job asks for {req.describe()}; the cluster has {{{_fmt(total) or 'nothing'}}} "
-                        f"on {len(nodes)} node(s): {why}; fix: {fix}")
-            for k, v in req.bundle.items():
-                home[k] = home.get(k, 0.0) - v
+    total = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
+    bundles = sorted(((req, i) for req in requests for i in range(req.count)),
+                     key=lambda b: (-b[0].bundle.get("GPU", 0.0), -b[0].bundle.get("CPU", 0.0)))
+    placed = {id(req): 0 for req in requests}
+    for req, _ in bundles:
+        need = {k: v for k, v in req.bundle.items() if v}
+        fits = [n for n in free if all(n.get(k, 0.0) >= v for k, v in need.items())]
+        if not fits:
+            short = [k for k, v in need.items() if not any(n.get(k, 0.0) >= v for n in nodes)]
+            why = (f"no node has {', '.join(f'{k} {need[k]:g}' for k in short)}" if short
+                   else f"only {placed[id(req)]} of the {req.count} fit beside the rest")
+            fix = "; ".join(req.fixes[k] for k in (short or ["count"]) if k in req.fixes)
+            return (f"the job asks for {req.describe()}; the cluster has {{{_fmt(total) or 'nothing'}}} "
+                    f"on {len(nodes)} node(s): {why}; fix: {fix}")
+        home = min(fits, key=lambda n: sum(n.get(k, 0.0) - v for k, v in need.items()))
+        for k, v in need.items():
+            home[k] -= v
+        placed[id(req)] += 1
     return None
 
 
@@ -258,61 +244,3 @@ def preflight(check: Check, *, local: bool, timeout_s: float, poll_s: float = 5.
         raise PreflightError(f"{check.job} {check.recipe} stopped before starting: "
                              + "; ".join(check.problems))
     return check
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    """``rsir check --config RECIPE [--job JOB] [overrides]``: the checks, nothing started."""
-    if args.job == "serve":
-        from rsir.serve.config import ServeConfig
-
-        serve_cfg = load_config(args.config, args.overrides, cls=ServeConfig)
-        check = check_serve(serve_cfg)
-    else:
-        cfg = load_config(args.config, args.overrides)
-        check = check_recipe(cfg, args.job, checkpoint=args.checkpoint, split=args.split,
-                             shards=args.shards)
-    if args.address:
-        import ray
-
-        ray.init(address=args.address, log_to_driver=False)
-        nodes = cluster_nodes()
-    else:
-        nodes = local_nodes()
-    short = add_resources(check, nodes)
-    if short:
-        check.problems.append(f"recipe {check.recipe}: {short}")
-    print(check.report())
-    return 1 if check.problems else 0
-
-
-def check_serve(cfg: Any) -> Check:
-    """A Serve config: its model recipe and checkpoint, archives, and replicas."""
-    recipe = _serve_recipe(cfg)
-    if recipe is None:
-        check = Check(cfg.name, "serve", problems=[
-            f"serve {cfg.name}: checkpoint {cfg.checkpoint}: no such file, or it holds no "
-            "recipe ('config'); set 'recipe'"])
-    else:
-        check = check_recipe(recipe, "serve", checkpoint=cfg.checkpoint, read_shards=False)
-        check.recipe = f"{cfg.name} (model recipe {recipe.name})"
-    for target in ("images", "pairs", "captions"):
-        root = getattr(cfg.archives, target)
-        if root and not (Path(root) / "CURRENT").is_file():
-            check.problems.append(f"serve {cfg.name}: archives.{target} = {root}: no published "
-                                  "archive (CURRENT); publish one with rsir index")
-    check.requests = serve_requests(cfg)
-    return check
-
-
-def _serve_recipe(cfg: Any) -> RecipeConfig | None:
-    from rsir.config import from_dict
-
-    if cfg.recipe:
-        return from_dict(RecipeConfig, load_yaml(cfg.recipe), cfg.recipe)
-    path = Path(cfg.checkpoint)
-    if not path.is_file():
-        return None
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return from_dict(RecipeConfig, state["config"], str(path)) if "config" in state else None

@@ -624,7 +624,8 @@ def build_app_from_config(args: dict[str, Any]):
 
 def cli_main(args: Any) -> int:
     """``rsir serve --config configs/serve.yaml [key=value ...]``: run until interrupted."""
-    from rsir.preflight import check_serve, start_job
+    from rsir.preflight import start_job
+    from rsir.serve.preflight import check_serve
 
     cfg = load_config(args.config, list(getattr(args, "overrides", []) or []), cls=ServeConfig)
     local = start_job(check_serve(cfg), getattr(args, "address", None), 600.0,
