@@ -23,6 +23,14 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# A Java runtime for the caption metrics' COCO toolkit (METEOR 1.5, PTB tokenizer) in
+# `rsir evaluate` on pairs; without it they fall back to NLTK.
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends default-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
+USER ray
+
 WORKDIR /home/ray/rsir
 
 # Dependencies and the package first (cached until pyproject.toml or platform/ change).

@@ -6,8 +6,12 @@ STAMP  := $(VENV)/.installed
 # Debian's chromium drives the search page in tests/test_serve.py; `make test` installs it
 # and sets RSIR_REQUIRE_BROWSER, so there a missing browser fails the test, not skips it.
 CHROMIUM := /usr/bin/chromium
+# A Java runtime runs COCO's METEOR 1.5 and PTB tokenizer (pycocoevalcap), the caption
+# metrics of `rsir evaluate` on pairs; install, demo and test install Debian's
+# default-jre-headless when `java` is missing, and `make test` sets RSIR_REQUIRE_JAVA.
+JRE_PACKAGE := default-jre-headless
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean java
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +20,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m rsir.setup_offline
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) java
+
+java:
+	@if command -v java >/dev/null; then exit 0; \
+	elif ! command -v apt-get >/dev/null; then \
+		echo "make: java is missing and there is no apt-get; install a Java runtime (COCO's METEOR 1.5 needs one)" >&2; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null; then SUDO=sudo; \
+	else echo "make: java is missing; as root run: apt-get update && apt-get install -y --no-install-recommends $(JRE_PACKAGE)" >&2; \
+		echo "(without it the caption metrics fall back to NLTK, with a warning)" >&2; exit 1; fi; \
+	$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(JRE_PACKAGE)
 
 $(CHROMIUM):
 	@if ! command -v apt-get >/dev/null; then \
@@ -27,11 +41,11 @@ $(CHROMIUM):
 		echo "(or run '$(PY) -m pytest', which skips the search-page test without it)" >&2; exit 1; fi; \
 	$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
-demo: $(STAMP)
+demo: $(STAMP) java
 	$(VENV)/bin/rsir demo --out out/demo
 
-test: $(STAMP) $(CHROMIUM)
-	RSIR_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+test: $(STAMP) $(CHROMIUM) java
+	RSIR_REQUIRE_BROWSER=1 RSIR_REQUIRE_JAVA=1 $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check platform tests jobs bench

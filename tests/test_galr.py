@@ -390,6 +390,56 @@ def test_galr_options_are_checked():
     assert model.text_encoder.vocab.buckets == 8192
 
 
+def test_local_gcn_is_eq11_without_bias():
+    """Each GCN layer is ReLU(D~^-1/2 (A + I) D~^-1/2 X W), no bias (eq. 11; the authors'
+    Linear(bias=False)), written out per image here."""
+    torch.manual_seed(1)
+    m = 4
+    gcn = LocalGCN(num_categories=3, max_objects=m, node_dim=8, embed_dim=6)
+    assert all(conv.bias is None for conv in gcn.convs)
+    objs = collate_objects([[{"box": sq_box(0.2, 0.2), "category": "car", "score": 0.9},
+                             {"box": sq_box(0.6, 0.3, 0.1), "category": "tree", "score": 0.8},
+                             {"box": sq_box(0.7, 0.8, 0.15), "category": "building", "score": 0.7}],
+                            [{"box": sq_box(0.5, 0.5), "category": "car", "score": 1.0}]], CATS, m)
+    with torch.no_grad():
+        got = gcn(objs)
+        for b in range(2):
+            keep = objs["object_mask"][b].float()[:, None]
+            geo = torch.cat([objs["object_centers"][b], objs["object_areas"][b, :, None],
+                             objs["object_scores"][b, :, None]], dim=1)
+            x = (geo @ gcn.geometry.weight.T + gcn.geometry.bias
+                 + gcn.category.weight[objs["object_categories"][b]]) * keep
+            a = objs["object_adjacency"][b] + torch.eye(m)
+            d = a.sum(1).clamp(min=1) ** -0.5
+            a_hat = d[:, None] * a * d[None, :]
+            for conv in gcn.convs:
+                x = torch.relu(a_hat @ x @ conv.lin.weight.T) * keep
+            want = gcn.out.weight @ x.flatten() + gcn.out.bias
+            assert torch.allclose(got[b], want / want.norm(), atol=1e-6)
+
+
+def test_rotation_augment_as_the_authors_random_rotation():
+    from rsir.data.transforms import Augment, apply_augment
+
+    x = torch.arange(25.0).view(1, 5, 5) + 1
+    full = (0.0, 0.0, 1.0, 1.0)
+    # 90 degrees counter-clockwise, nearest: exactly rot90; the first row becomes the first column
+    turned = apply_augment(x, Augment(full, False, False, 1.0, 1.0, rotation=90.0), 5)
+    assert torch.equal(turned, torch.rot90(x, 1, dims=(1, 2)))
+    assert turned[0, :, 0].tolist() == [5.0, 4.0, 3.0, 2.0, 1.0]
+    # 45 degrees: the corners come from outside the image (black), the centre stays
+    ones = apply_augment(torch.ones(1, 5, 5), Augment(full, False, False, 1.0, 1.0, rotation=45.0), 5)
+    assert ones[0, [0, 0, 4, 4], [0, 4, 0, 4]].tolist() == [0.0] * 4 and ones[0, 2, 2] == 1.0
+    cfg = load_config(REPO / "configs" / "rsitmd_galr.yaml")
+    assert cfg.data.random_rotation == 90
+    angles = [Augment.sample(np.random.default_rng(s), cfg.data).rotation for s in range(200)]
+    assert 0 <= min(angles) < 10 and 80 < max(angles) <= 90
+    # off (every other recipe): no angle drawn, the other draws unchanged
+    off = load_config(REPO / "configs" / "rsitmd_galr.yaml", ["data.random_rotation=0"]).data
+    a, b = Augment.sample(np.random.default_rng(3), off), Augment.sample(np.random.default_rng(3), cfg.data)
+    assert a.rotation == 0.0 and (a.crop, a.hflip, a.vflip) == (b.crop, b.hflip, b.vflip)
+
+
 def test_recipe_loads_and_builds(shared_data):
     cfg = load_config(REPO / "configs" / "rsitmd_galr.yaml")
     assert cfg.model.name == "galr" and cfg.model.embed_dim == 512

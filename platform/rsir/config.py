@@ -96,6 +96,9 @@ class DataConfig:
     language: str = "en"
     augment: bool = True
     random_crop_scale: float = 0.9
+    # Random rotation by a uniform angle in [0, random_rotation] degrees, counter-clockwise,
+    # corners filled black, before the crop (GaLR's code: RandomRotation((0, 90))); 0 = off.
+    random_rotation: float = 0.0
     hflip: bool = True
     vflip: bool = True
     color_jitter: float = 0.0
@@ -157,9 +160,12 @@ class EvalConfig:
     w_c1: float = 0.5
     w_c2: float = 1.25
     # Pairs: the time-series paper's caption-metric protocol (BLEU, METEOR, ROUGE-L of the
-    # retrieved captions, on val+test merged). Tens of thousands of METEOR scores: on a
-    # 2-core machine about a minute for the demo's 1,050 pairs.
+    # retrieved captions, on val+test merged). Tens of thousands of METEOR scores.
     caption_protocol: bool = True
+    # Its metrics: `coco` (pycocoevalcap: PTB tokens, METEOR 1.5 jar, ROUGE-L β = 1.2, the
+    # papers' numbers; needs Java, else `nltk` with a warning) or `nltk` (NLTK BLEU/METEOR,
+    # rouge-score ROUGE-L). The report names the one that ran.
+    caption_metrics: Literal["coco", "nltk"] = "coco"
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,10 @@ def _split_meta(cfg: RecipeConfig, split: str, ids: list[str]) -> dict[str, list
             "thumbs": thumbs}
 
 
-def _caption_protocol(val: Any, test: Any, lang: str) -> tuple[dict[str, Any], int]:
+def _caption_protocol(val: Any, test: Any, lang: str, backend: str) -> tuple[dict[str, Any], int]:
     """The time-series paper's caption-metric protocol on val+test merged, as it specifies
-    (captions of ``lang``); returns the scores and the number of pairs merged."""
+    (captions of ``lang``, metrics of ``backend``); returns the result (scores and the
+    backend that ran) and the number of pairs merged."""
     from rsir.metrics.captions import caption_retrieval_scores
 
     (val_vec, val_owner, val_texts), (test_vec, test_owner, test_texts) = (
@@ -56,7 +57,7 @@ def _caption_protocol(val: Any, test: Any, lang: str) -> tuple[dict[str, Any], i
     owner = np.concatenate([val_owner, test_owner + len(val.ids)])
     changed = np.array(val.changed + test.changed, bool)
     return caption_retrieval_scores(visual @ vectors.T, owner, val_texts + test_texts,
-                                    changed), len(visual)
+                                    changed, backend=backend), len(visual)
 
 
 def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
                                                              query_images=changed)
         if protocol:
             report["captions"], report["caption_protocol_pairs"] = _caption_protocol(
-                embedded[cfg.data.val_split], emb, main_lang)
+                embedded[cfg.data.val_split], emb, main_lang, cfg.eval.caption_metrics)
     elif any(meta["attributes"]):
         _, model = load_trained(to_dict(cfg), checkpoint)
         report["composed"] = rep.composed_section(

@@ -104,9 +104,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Per language (mR %)", "", "| language | mR |", "|---|---|"]
         lines += [f"| {lang} | {r['mR']:.2f} |" for lang, r in report["per_language"].items()]
     if "captions" in report:
+        backend = report["captions"]["backend"]
         lines += ["", "## Caption metrics of the top-5, val+test merged (time-series paper, Tables I-II)", "",
+                  f"Metrics backend: {backend}" + ("" if backend == "coco" else
+                  " (NLTK BLEU/METEOR, rouge-score ROUGE-L: not the papers' COCO toolkit)"), "",
                   "| query set | direction | BLEU-1 | BLEU-4 | METEOR | ROUGE-L |", "|---|---|---|---|---|---|"]
-        for qset, dirs in report["captions"].items():
+        for qset, dirs in report["captions"]["scores"].items():
             for d, m in dirs.items():
                 lines.append(f"| {qset} | {d} | {m['bleu1']:.3f} | {m['bleu4']:.3f} | "
                              f"{m['meteor']:.3f} | {m['rougeL']:.3f} |")

@@ -33,6 +33,7 @@ class Augment:
     vflip: bool
     brightness: float
     contrast: float
+    rotation: float = 0.0  # degrees, counter-clockwise
 
     @staticmethod
     def sample(rng: np.random.Generator, cfg: DataConfig) -> Augment:
@@ -46,6 +47,8 @@ class Augment:
             vflip=bool(cfg.vflip and rng.random() < 0.5),
             brightness=float(rng.uniform(1 - jitter, 1 + jitter)),
             contrast=float(rng.uniform(1 - jitter, 1 + jitter)),
+            # drawn last and only when on, so recipes without rotation keep their draws
+            rotation=float(rng.uniform(0.0, cfg.random_rotation)) if cfg.random_rotation > 0 else 0.0,
         )
 
 
@@ -75,8 +78,13 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def apply_augment(x: torch.Tensor, aug: Augment | None, size: int) -> torch.Tensor:
-    """Crop (or not), resize to ``size``, flip and jitter one ``[C, H, W]`` image."""
+    """Rotate and crop (or not), resize to ``size``, flip and jitter one ``[C, H, W]`` image."""
     if aug is not None:
+        if aug.rotation:
+            from torchvision.transforms.functional import InterpolationMode, rotate
+
+            # as torchvision's RandomRotation on the authors' PIL images: nearest, black corners
+            x = rotate(x, aug.rotation, interpolation=InterpolationMode.NEAREST, fill=0.0)
         _, h, w = x.shape
         top, left, ch, cw = aug.crop
         y0, x0 = int(round(top * h)), int(round(left * w))

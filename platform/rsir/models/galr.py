@@ -493,7 +493,7 @@ class LocalGCN(nn.Module):
 
     Node input (the paper: "position, category, probability and area size ... after
     embedding"): ``Linear([cx, cy, area, score]) + Embedding(category)``. Each layer is
-    ``ReLU(D~^-1/2 (A + I) D~^-1/2 X W)`` with ``A`` the DREA adjacency. Widths d, d/2, d
+    ``ReLU(D~^-1/2 (A + I) D~^-1/2 X W)`` (no bias) with ``A`` the DREA adjacency. Widths d, d/2, d
     and the readout (flatten the ``max_objects`` slots, which DREA orders by area, then
     one linear layer, then L2-normalise) follow the authors' ``GCN``.
     """
@@ -507,7 +507,9 @@ class LocalGCN(nn.Module):
         self.geometry = nn.Linear(4, node_dim)
         self.category = nn.Embedding(num_categories + 1, node_dim)  # 0 = unknown
         widths = [node_dim, node_dim, max(node_dim // 2, 1), node_dim]
-        self.convs = nn.ModuleList(DenseGCNConv(a, b) for a, b in itertools.pairwise(widths))
+        # no bias: eq. 11 is sigma(D~^-1/2 A~ D~^-1/2 X W), and the authors' layers are
+        # Linear(bias=False)
+        self.convs = nn.ModuleList(DenseGCNConv(a, b, bias=False) for a, b in itertools.pairwise(widths))
         self.out = nn.Linear(max_objects * widths[-1], embed_dim)
 
     def forward(self, objects: Mapping[str, torch.Tensor]) -> torch.Tensor:
