@@ -81,6 +81,11 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     image_size: int = 64
+    # How an image becomes image_size x image_size: ``bilinear`` (stretched, antialiased)
+    # or ``bicubic_center_crop`` (open_clip's evaluation transform: the shorter side to
+    # image_size, bicubic, then the centre crop), the one pretrained open_clip towers expect
+    # (with their own mean/std, checked against this section at model load).
+    resize: Literal["bilinear", "bicubic_center_crop"] = "bilinear"
     bands: list[str] = field(default_factory=lambda: ["R", "G", "B"])
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
@@ -149,6 +154,9 @@ class EvalConfig:
     # retrieved captions, on val+test merged). Tens of thousands of METEOR scores: on a
     # 2-core machine about a minute for the demo's 1,050 pairs.
     caption_protocol: bool = True
+    # WEICOM's λ (text weight) of this recipe: the report's headline and serving's default
+    # for a composed query without "lambda" (the paper: 0.3 with CLIP, 0.6 with RemoteCLIP).
+    weicom_lambda: float = 0.5
 
 
 @dataclass(frozen=True)
