@@ -131,3 +131,27 @@ def test_bicubic_center_crop_equals_open_clip_eval_transform(tmp_path: Path) -> 
                               load_config(REPO / "configs" / "patterncom_weicom.yaml",
                                           ["data.resize=bilinear", "data.image_size=64"]).data, None)
         assert (plain - theirs).abs().max() > 0.1, name
+
+
+def test_serving_a_training_free_recipe_needs_no_checkpoint_and_takes_its_lambda(tmp_path: Path) -> None:
+    from rsir.config import save_config
+    from rsir.serve.app import load_recipe
+    from rsir.serve.config import LimitsConfig, ServeConfig
+    from rsir.serve.requests import parse_search
+
+    save_bare_state_dict(tmp_path / "w.pt")
+    save_config(tiny_remoteclip_recipe(tmp_path / "w.pt"), tmp_path / "remoteclip.yaml")
+    recipe = load_recipe(ServeConfig(recipe=str(tmp_path / "remoteclip.yaml")))
+    assert recipe["eval"]["weicom_lambda"] == 0.6
+    with pytest.raises(ValueError, match="neither 'checkpoint' nor 'recipe'"):
+        load_recipe(ServeConfig())
+    with pytest.raises(ValueError, match="a trained checkpoint is needed"):
+        load_recipe(ServeConfig(recipe=str(REPO / "configs" / "demo.yaml")))
+
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png, format="PNG")
+    body = {"kind": "composed", "text": "red", "image": png.getvalue(), "target": "images"}
+    req = parse_search(body, LimitsConfig(), 10, ["R", "G", "B"], {"images"}, default_lambda=0.6)
+    assert req.lam == 0.6
+    assert parse_search({**body, "lambda": 0.2}, LimitsConfig(), 10, ["R", "G", "B"], {"images"},
+                        default_lambda=0.6).lam == 0.2
