@@ -95,14 +95,15 @@ class PeakMemory:
 
 def plain_pass(cfg, batch_size: int) -> int:
     """One epoch of the plain loop; returns the rows preprocessed."""
-    from rsir.data.pipeline import RAW_COLUMNS
+    from rsir.data.contract import InputContract
     from rsir.data.schema import shard_paths
     from rsir.data.transforms import preprocess_rows
 
+    columns = InputContract.of(cfg, "bench").columns
     n = 0
     for path in shard_paths(cfg.shards):
-        for rb in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=RAW_COLUMNS):
-            cols = {name: rb.column(name).to_numpy(zero_copy_only=False) for name in RAW_COLUMNS}
+        for rb in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+            cols = {name: rb.column(name).to_numpy(zero_copy_only=False) for name in columns}
             keep = cols["split"] == cfg.train_split
             out, _ = preprocess_rows({k: v[keep] for k, v in cols.items()}, cfg, train=True)
             n += len(out["id"])
@@ -199,10 +200,11 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = ctx.print_on_execution_start = False  # a quiet console
+    from rsir.data.contract import InputContract
     from rsir.data.pipeline import training_dataset
 
     try:
-        ds = training_dataset(cfg)  # built once and executed once per epoch, as Ray Train does
+        ds = training_dataset(cfg, InputContract.of(cfg, "bench"))  # built once and executed once per epoch, as Ray Train does
         return measure(lambda: ray_pass(ds, cfg), args.epochs)
     finally:
         ray.shutdown()

@@ -1,9 +1,12 @@
 """Typed recipes: errors name the file and the key; every recipe in configs/ loads."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from conftest import REPO
-from rsir.config import ConfigError, RecipeConfig, load_config, save_config
+from rsir.config import ConfigError, RecipeConfig, load_config, load_yaml, save_config
 
 
 def write(tmp_path, text):
@@ -55,7 +58,44 @@ RECIPES = sorted(p for p in (REPO / "configs").glob("*.yaml")
                  if not p.name.startswith(("tune_", "serve")))
 
 
+def archive_overrides(recipe: Path, root: Path) -> list[str]:
+    """For a ``data.normalization: archive`` recipe, an archive at ``root`` holding only
+    ``_meta/band_stats.json`` (band i: mean 0.1 * (i + 1), std 0.01 * (i + 1), bands in
+    reverse order) and the override that points the recipe at it; else no override."""
+    data = load_yaml(recipe).get("data", {})
+    if data.get("normalization") != "archive":
+        return []
+    bands = list(reversed(data["bands"]))
+    (root / "_meta").mkdir(parents=True, exist_ok=True)
+    (root / "_meta/band_stats.json").write_text(json.dumps({
+        "bands": bands, "mean": [0.1 * (i + 1) for i in range(len(bands))],
+        "std": [0.01 * (i + 1) for i in range(len(bands))], "n_pixels": 100, "split": "train"}))
+    return [f"data.shards={root}"]
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_every_recipe_loads(path):
-    cfg = load_config(path)
+def test_every_recipe_loads(path, tmp_path):
+    overrides = archive_overrides(path, tmp_path / "shards")
+    cfg = load_config(path, overrides)
     assert isinstance(cfg, RecipeConfig) and cfg.name
+    if overrides:  # the archive's statistics, reordered to the recipe's bands
+        n = len(cfg.data.bands)
+        assert cfg.data.mean == pytest.approx([0.1 * (n - i) for i in range(n)])
+        assert cfg.data.std == pytest.approx([0.01 * (n - i) for i in range(n)])
+
+
+def test_archive_normalization_errors_name_the_fix(tmp_path):
+    recipe = REPO / "configs" / "dubaiccd_tff.yaml"
+    with pytest.raises(ConfigError, match=r"dubaiccd_tff.yaml:data.normalization: 'archive' needs "
+                       r".*nowhere/_meta/band_stats.json.*rsir convert dubai-ccd"):
+        load_config(recipe, [f"data.shards={tmp_path / 'nowhere'}"])
+    overrides = archive_overrides(recipe, tmp_path / "shards")
+    with pytest.raises(ConfigError, match=r"data.bands: \['PAN'\] not in"):
+        load_config(recipe, [*overrides, "data.bands=[R, PAN]"])
+    with pytest.raises(ConfigError, match="statistics of split 'train', the recipe trains on 'val'"):
+        load_config(recipe, [*overrides, "data.train_split=val"])
+    cfg = load_config(recipe, [*overrides, "data.bands=[NIR, R]"])
+    assert cfg.data.mean == pytest.approx([0.3, 0.6]) and cfg.data.std == pytest.approx([0.03, 0.06])
+    # The resolved recipe written beside a run loads back to the same numbers.
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg

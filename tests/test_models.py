@@ -23,6 +23,7 @@ from rsir.models.dual_encoder import DualEncoder
 from rsir.models.registry import FUSIONS, HEADS, IMAGE_TOWERS, MODELS, TEXT_TOWERS
 from rsir.models.text_towers import HFTextTower, minilm_dir, tokens_to
 from rsir.models.towers import OpenClipImageTower, OpenClipTextTower, create_open_clip
+from test_config import archive_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"model_name": "rsir-tiny"}
@@ -397,6 +398,8 @@ RECIPES = {
     "levircc_gff_concat.yaml": "gff_concat",
     "levircc_gff_sub.yaml": "gff_sub",
     "levircc_tff.yaml": "tff",
+    "dubaiccd_gff_concat.yaml": "gff_concat",
+    "dubaiccd_gff_sub.yaml": "gff_sub",
     "dubaiccd_tff.yaml": "tff",
     "rsicd_multilingual.yaml": None,
     "rsitmd_multilingual.yaml": None,
@@ -411,9 +414,10 @@ TINY_OVERRIDES = [
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_recipe_loads_with_the_papers_hyperparameters(recipe: str) -> None:
+def test_recipe_loads_with_the_papers_hyperparameters(recipe: str, tmp_path: Path) -> None:
     path = REPO / "configs" / recipe
-    cfg = load_config(path)
+    archive = archive_overrides(path, tmp_path / "shards")  # Dubai-CCD: the archive's band stats
+    cfg = load_config(path, archive)
     assert cfg.model.name == "dual_encoder"
     fusion = RECIPES[recipe]
     if fusion:  # time-series paper: SGD bs 32 lr 0.01 wd 5e-4 momentum 0.9, 30 epochs
@@ -445,7 +449,7 @@ def test_recipe_loads_with_the_papers_hyperparameters(recipe: str) -> None:
         assert cfg.data.language == "random" and cfg.data.color_jitter > 0
         assert cfg.data.hflip and cfg.data.vflip
     # the same recipe with rsir-tiny towers builds (the real weights are the user's)
-    tiny = load_config(path, TINY_OVERRIDES + (["model.embed_dim=128"] if not fusion else []))
+    tiny = load_config(path, archive + TINY_OVERRIDES + (["model.embed_dim=128"] if not fusion else []))
     model = create_model(tiny.model, tiny.loss)
     assert isinstance(model, DualEncoder)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rsir.config import DataConfig
+from rsir.data.contract import InputContract
 from rsir.data.demo_world import pair_row, scene_row
 from rsir.data.schema import make_row, write_shards
 from rsir.data.transforms import preprocess_rows
@@ -73,7 +74,8 @@ def test_training_dataset_skips_and_counts_corrupt_rows(ray_session, tmp_path):
     for p in (tmp_path / "b").glob("*.parquet"):
         p.rename(tmp_path / "a" / f"b-{p.name}")
     counter = DropCounter.remote()
-    ds = training_dataset(dataclasses.replace(CFG, shards=str(tmp_path / "a")), counter=counter)
+    ds = training_dataset(dataclasses.replace(CFG, shards=str(tmp_path / "a")), InputContract.of(CFG, "test"),
+                          counter=counter)
     for epoch in (1, 2):
         ids = [i for b in ds.iter_batches(batch_size=8, batch_format="numpy") for i in b["id"]]
         assert sorted(ids) == sorted(r["id"] for r in good)  # every good row, once per pass
@@ -93,7 +95,7 @@ def test_levir_cc_rule_keeps_every_changed_pair_and_the_same_share_of_unchanged_
     assert len(changed) > 20 and len(unchanged) > 20
     cfg = dataclasses.replace(CFG, shards=str(tmp_path / "pairs"), task="pair",
                               no_change_keep_fraction=0.25)
-    ds = training_dataset(cfg)
+    ds = training_dataset(cfg, InputContract.of(cfg, "test"))
     passes = [sorted(i for b in ds.iter_batches(batch_size=8, batch_format="numpy") for i in b["id"])
               for _ in range(2)]
     assert passes[0] == passes[1]  # the same pairs every epoch

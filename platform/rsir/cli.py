@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory for shards and _meta/")
     p.add_argument("--image-dir", default=None,
                    help="image folder when it is not where the layout puts it (precomp)")
+    p.add_argument("--objects", default=None, metavar="PATH",
+                   help="objects of the images: a folder of DOTA label files or a COCO JSON")
+    p.add_argument("--translations", action="append", default=[], metavar="LANG=PATH",
+                   help="another language's captions in the dataset's layout (repeatable)")
     p.add_argument("--limit", type=int, default=None,
                    help="convert only the first N records of each split")
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
@@ -85,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.add_argument("overrides", nargs="*", default=[], help="config overrides key.path=value")
     p.set_defaults(func="rsir.tune.campaign:cli_main")
+
+    p = sub.add_parser("check", help="what a job would read and need, and every problem "
+                       "(exit 1 on any); starts nothing")
+    _add_config_args(p)
+    p.add_argument("--job", default="train",
+                   choices=["train", "tune", "index", "evaluate", "detect", "translate", "serve"],
+                   help="the job to check the recipe for (serve: --config is a serving YAML)")
+    p.add_argument("--checkpoint", default=None, help="trained weights the job would load")
+    p.add_argument("--split", default=None, help="index: the split to embed")
+    p.add_argument("--shards", default=None, help="the archive (default: data.shards)")
+    p.add_argument("--address", default=None,
+                   help="compare with this Ray cluster's resources (default: this machine's)")
+    p.set_defaults(func="rsir.check:cli_main")
 
     p = sub.add_parser("serve", help="serve search (Ray Serve: encoders + ingress) over archives")
     _add_config_args(p)

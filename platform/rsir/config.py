@@ -89,7 +89,15 @@ class DataConfig:
     bands: list[str] = field(default_factory=lambda: ["R", "G", "B"])
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
-    # Caption language: one language, or ``random`` to draw one per sample per epoch.
+    # ``archive``: ``mean``/``std`` are the archive's own statistics of ``bands`` over its
+    # training split (``<shards>/_meta/band_stats.json``, written by the converter), set
+    # when the recipe is loaded (:func:`load_config`).
+    normalization: Literal["recipe", "archive"] = "recipe"
+    # The caption languages the recipe reads: every job refuses an archive that lacks one,
+    # and the evaluation reports exactly these (``[]``: no captions, e.g. WEICOM on PatternNet).
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    # Training caption language: one of ``languages``, or ``random`` to draw one of them per
+    # sample per epoch.
     language: str = "en"
     augment: bool = True
     random_crop_scale: float = 0.9
@@ -125,6 +133,9 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    # On a joined cluster (it may autoscale), how long a job waits for the resources it asks
+    # for before it gives up; a local instance that cannot fit the request refuses at once.
+    resource_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -319,12 +330,41 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+BAND_STATS = "_meta/band_stats.json"
+
+
+def archive_normalization(data: DataConfig, where: str) -> DataConfig:
+    """``data`` with ``mean``/``std`` of its bands from ``<shards>/_meta/band_stats.json``."""
+    path = Path(data.shards) / BAND_STATS
+    if not path.is_file():
+        raise ConfigError(
+            f"{where}data.normalization: 'archive' needs {path}; the converter writes it "
+            f"(`rsir convert dubai-ccd --src DATASET --out {data.shards}`)")
+    stats = json.loads(path.read_text(encoding="utf-8"))
+    if stats["split"] != data.train_split:
+        raise ConfigError(f"{where}data.normalization: {path} has the statistics of split "
+                          f"{stats['split']!r}, the recipe trains on {data.train_split!r}")
+    missing = [b for b in data.bands if b not in stats["bands"]]
+    if missing:
+        raise ConfigError(f"{where}data.bands: {missing} not in {path} (bands {stats['bands']})")
+    index = [stats["bands"].index(b) for b in data.bands]
+    return dataclasses.replace(data, mean=[stats["mean"][i] for i in index],
+                               std=[stats["std"][i] for i in index])
+
+
 def load_config(
     path: str | Path, overrides: typing.Iterable[str] = (), cls: type = RecipeConfig
 ) -> Any:
-    """Load a recipe YAML (plus overrides) into ``cls``; errors name ``file:key``."""
+    """Load a recipe YAML (plus overrides) into ``cls``; errors name ``file:key``.
+
+    A recipe with ``data.normalization: archive`` gets its archive's band statistics here,
+    so every job (and the resolved ``config.yaml`` beside a run) sees the numbers.
+    """
     data = apply_overrides(load_yaml(path), overrides)
-    return from_dict(cls, data, str(path))
+    cfg = from_dict(cls, data, str(path))
+    if isinstance(cfg, RecipeConfig) and cfg.data.normalization == "archive":
+        cfg = dataclasses.replace(cfg, data=archive_normalization(cfg.data, f"{path}:"))
+    return cfg
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -20,29 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from rsir.config import RecipeConfig, apply_overrides, from_dict, load_config, save_config, to_dict
+from rsir.data.demo_world import ensure_world
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
 TASK_SHARDS = {"single": "single", "pair": "pairs"}
-
-
-def ensure_world(cfg: RecipeConfig, shards_root: Path) -> None:
-    """Generate the world once; a finished world (marked ``_SUCCESS``) is reused."""
-    from rsir.data.demo_world import generate
-
-    marker = shards_root / "_SUCCESS"
-    wanted = json.dumps({"n_scenes": cfg.demo.n_scenes, "n_pairs": cfg.demo.n_pairs,
-                         "seed": cfg.demo.seed, "size": cfg.demo.image_size,
-                         "val": cfg.demo.val_fraction, "test": cfg.demo.test_fraction})
-    if marker.exists() and marker.read_text() == wanted:
-        log.info("reusing the demo world in %s", shards_root)
-        return
-    shutil.rmtree(shards_root, ignore_errors=True)
-    generate(shards_root, cfg.demo.n_scenes, cfg.demo.n_pairs, seed=cfg.demo.seed,
-             size=cfg.demo.image_size, val_fraction=cfg.demo.val_fraction,
-             test_fraction=cfg.demo.test_fraction)
-    marker.write_text(wanted)
 
 
 def evaluate_task(cfg: RecipeConfig, checkpoint: Path, out: Path) -> dict[str, Any]:
@@ -118,7 +101,10 @@ def task_config(cfg: RecipeConfig, task: str, shards_root: Path, runs_root: Path
     return from_dict(RecipeConfig, data, f"demo.tasks.{task}")
 
 
-def run_demo(cfg: RecipeConfig, out: Path) -> dict[str, dict[str, Any]]:
+def run_demo(cfg: RecipeConfig, out: Path, local: bool = True) -> dict[str, dict[str, Any]]:
+    """Every task of ``cfg.demo.tasks``; ``local``: Ray was started by this process (a task
+    whose resources do not fit stops at once rather than waiting)."""
+    from rsir.preflight import check_recipe, preflight
     from rsir.train.trainer import fit
 
     out.mkdir(parents=True, exist_ok=True)
@@ -130,6 +116,8 @@ def run_demo(cfg: RecipeConfig, out: Path) -> dict[str, dict[str, Any]]:
         run_dir = out / "runs" / task
         shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains from scratch
         t0 = time.perf_counter()
+        preflight(check_recipe(task_cfg, "train"), local=local,
+                  timeout_s=task_cfg.scaling.resource_timeout_s)
         result = fit(task_cfg, run_dir)
         last = result.history[-1]
         print(f"[{task}] trained {len(result.history)} epochs in "
@@ -146,9 +134,9 @@ def cli_main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     out = Path(args.out)
-    init_ray(args.address)  # workers import rsir from the installed package
+    local = init_ray(args.address)  # workers import rsir from the installed package
     t0 = time.perf_counter()
-    report = run_demo(cfg, out)
+    report = run_demo(cfg, out, local)
     save_config(cfg, out / "config.yaml")
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     table = ("Held-out test split, English queries: R@K in % (chance in brackets)\n\n"

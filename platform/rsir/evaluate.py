@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from rsir.cluster import init_ray
 from rsir.config import RecipeConfig, load_config, save_config, to_dict
+from rsir.preflight import check_recipe, start_job
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | None, out: Path) -> dict[str, 
     emb = embedded[split]
     publish_split(emb, cfg, checkpoint, out / "archive")
     meta = _split_meta(cfg, split, emb.ids)
-    main_lang = "en" if cfg.data.language == "random" else cfg.data.language
+    main_lang = cfg.data.languages[0] if cfg.data.language == "random" else cfg.data.language
     vectors, owner, texts = emb.in_language(main_lang)
     sim = emb.visual @ vectors.T
     report: dict[str, Any] = {"name": cfg.name, "split": split, "task": cfg.data.task,
@@ -111,7 +111,7 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | None, out: Path) -> dict[str, 
         report["skipped"]["recall"] = f"{NO_CAPTIONS} in language {main_lang!r}"
     if emb.langs:
         report["per_language"] = {}
-        for lang in sorted(set(emb.langs)):
+        for lang in cfg.data.languages:  # exactly the declared ones (preflight: all present)
             lang_vectors, lang_owner, _ = emb.in_language(lang)
             report["per_language"][lang] = cross_modal_recall(emb.visual @ lang_vectors.T,
                                                               lang_owner, ks=cfg.eval.ks)
@@ -159,9 +159,11 @@ def headline(report: dict[str, Any]) -> str:
 
 def evaluate_main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    init_ray(args.address)
+    checkpoint = _checkpoint(cfg, args.checkpoint)
+    start_job(check_recipe(cfg, "evaluate", checkpoint=checkpoint), args.address,
+              cfg.scaling.resource_timeout_s)
     out = Path(args.out or Path(cfg.train.run_dir) / cfg.name / "report")
-    report = evaluate(cfg, _checkpoint(cfg, args.checkpoint), out)
+    report = evaluate(cfg, checkpoint, out)
     print(f"{cfg.name}: {headline(report)}; report in {out}")
     return 0
 
@@ -170,8 +172,9 @@ def index_main(args: argparse.Namespace) -> int:
     from rsir.inference import embed_split, publish_split
 
     cfg = load_config(args.config, args.overrides)
-    init_ray(args.address)
     checkpoint = _checkpoint(cfg, args.checkpoint)
+    start_job(check_recipe(cfg, "index", checkpoint=checkpoint, split=args.split), args.address,
+              cfg.scaling.resource_timeout_s)
     out = Path(args.out or Path(cfg.train.run_dir) / cfg.name / "archive")
     emb = embed_split(cfg, checkpoint, args.split or cfg.data.test_split, language=None)
     versions = publish_split(emb, cfg, checkpoint, out)

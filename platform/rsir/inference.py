@@ -103,16 +103,19 @@ class SplitEmbedder:
     """
 
     def __init__(self, recipe: dict[str, Any], checkpoint: str | None, language: str | None) -> None:
+        from rsir.models import input_contract
         from rsir.retrieval.embed import embed_texts
 
         self.cfg, self.model = load_trained(recipe, checkpoint)
+        self.fields = input_contract(self.cfg).fields
         self.language = language
         self.dim = embed_texts(self.model, ["x"]).shape[1]  # for a batch with no good row
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from rsir.retrieval.embed import embed_texts, embed_visual
 
-        inputs = preprocess_batch(batch, self.cfg.data, train=False, with_captions=False)
+        inputs = preprocess_batch(batch, self.cfg.data, train=False, with_captions=False,
+                                  fields=self.fields)
         position = {str(i): j for j, i in enumerate(batch["id"])}
         rows = [position[str(i)] for i in inputs["id"]]  # the rows preprocessing kept
         texts, langs, owner = explode_captions([batch["captions"][j] for j in rows], self.language)
@@ -163,7 +166,9 @@ def embed_splits(
     """Embed every image (or pair) of each split and every caption of ``language`` (all
     languages when None) in one streaming pass. Rows are ordered by id; a row preprocessing
     drops (corrupt image) is logged by the worker and left out."""
-    ds = read_split(cfg.data.shards, splits).map_batches(
+    from rsir.models import input_contract
+
+    ds = read_split(cfg.data.shards, splits, input_contract(cfg).columns).map_batches(
         SplitEmbedder, batch_size=batch_size, batch_format="numpy",
         fn_constructor_kwargs={"recipe": to_dict(cfg), "checkpoint": checkpoint,
                                "language": language},

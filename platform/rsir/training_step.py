@@ -7,7 +7,7 @@ time is the step that trains.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,10 +21,14 @@ MAX_LOGIT_SCALE = 4.6052
 
 
 def batch_inputs(model: nn.Module, batch: Mapping[str, Any], image_key: str,
-                 device: torch.device) -> dict[str, Any]:
-    """A preprocessed batch (images as arrays, captions in ``text``) as model inputs on ``device``."""
-    return {image_key: torch.as_tensor(batch[image_key], device=device),
-            "tokens": tokens_to(unwrap(model).tokenize(list(batch["text"])), device)}
+                 device: torch.device, fields: Sequence[str] = ()) -> dict[str, Any]:
+    """A preprocessed batch (images as arrays, captions in ``text``, the model's ``fields``
+    such as GaLR's per-image ``objects`` lists) as model inputs on ``device``."""
+    inputs = {image_key: torch.as_tensor(batch[image_key], device=device),
+              "tokens": tokens_to(unwrap(model).tokenize(list(batch["text"])), device)}
+    for f in fields:
+        inputs[f] = list(batch[f])
+    return inputs
 
 
 def contrastive_loss(model: nn.Module, loss_fn: nn.Module, inputs: Mapping[str, Any],

@@ -15,13 +15,16 @@ spawned per row, so rows do not depend on how many were generated before them.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rsir.config import RecipeConfig
 from rsir.data import demo_lexicon as lex
 from rsir.data.schema import encode_image, make_row, write_shards
 
@@ -398,3 +401,19 @@ def cli_main(args: argparse.Namespace) -> int:
     print(f"wrote {args.n} scenes in {len(paths['single'])} shard(s) and {pairs} pairs in "
           f"{len(paths['pairs'])} shard(s) under {args.out}")
     return 0
+
+
+def ensure_world(cfg: RecipeConfig, shards_root: Path) -> None:
+    """Generate the world once; a finished world (marked ``_SUCCESS``) is reused."""
+    marker = shards_root / "_SUCCESS"
+    wanted = json.dumps({"n_scenes": cfg.demo.n_scenes, "n_pairs": cfg.demo.n_pairs,
+                         "seed": cfg.demo.seed, "size": cfg.demo.image_size,
+                         "val": cfg.demo.val_fraction, "test": cfg.demo.test_fraction})
+    if marker.exists() and marker.read_text() == wanted:
+        log.info("reusing the demo world in %s", shards_root)
+        return
+    shutil.rmtree(shards_root, ignore_errors=True)
+    generate(shards_root, cfg.demo.n_scenes, cfg.demo.n_pairs, seed=cfg.demo.seed,
+             size=cfg.demo.image_size, val_fraction=cfg.demo.val_fraction,
+             test_fraction=cfg.demo.test_fraction)
+    marker.write_text(wanted)

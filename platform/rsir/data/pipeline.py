@@ -21,19 +21,17 @@ from ray.actor import ActorHandle
 from ray.data.expressions import col
 
 from rsir.config import DataConfig
+from rsir.data.contract import InputContract
 from rsir.data.transforms import DroppedRow, log_dropped, preprocess_rows
 
 log = logging.getLogger(__name__)
 
-RAW_COLUMNS = ["id", "split", "image", "image_t2", "bands", "captions", "changed"]
-
 
 def read_split(
-    path: str, split: str | Sequence[str], columns: list[str] | None = None,
-    shuffle_files: bool = False,
+    path: str, split: str | Sequence[str], columns: Sequence[str], shuffle_files: bool = False,
 ) -> ray.data.Dataset:
     """The rows of one split (or of several) of the shards under ``path`` (a local path or
-    a URI).
+    a URI), with ``columns`` (a recipe's ``InputContract.columns``).
 
     One read task per shard; ``shuffle_files`` reads the shards in a new random order
     each time the dataset is executed (each epoch).
@@ -45,7 +43,7 @@ def read_split(
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:
         ds = ray.data.read_parquet(
-            path, columns=columns or RAW_COLUMNS, shuffle="files" if shuffle_files else None,
+            path, columns=list(columns), shuffle="files" if shuffle_files else None,
             override_num_blocks=len(pads.dataset(path, format="parquet").files))
     finally:
         ctx.use_datasource_v2 = v2
@@ -86,13 +84,15 @@ class DropCounter:
 
 
 def preprocess_counted(
-    block: dict[str, np.ndarray], cfg: DataConfig, train: bool, counter: ActorHandle | None = None
+    block: dict[str, np.ndarray], cfg: DataConfig, train: bool, fields: Sequence[str] = (),
+    counter: ActorHandle | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """``map_batches`` function: the library's preprocessing, ``cfg.batch_size`` rows at a time
-    (the rows of a whole read block come in), with what it drops logged and counted."""
+    (the rows of a whole read block come in), the model's ``fields`` carried along, with what
+    it drops logged and counted."""
     for start in range(0, len(block["id"]), cfg.batch_size):
         batch = {k: v[start: start + cfg.batch_size] for k, v in block.items()}
-        out, dropped = preprocess_rows(batch, cfg, train)
+        out, dropped = preprocess_rows(batch, cfg, train, fields=fields)
         log_dropped(dropped, len(batch["id"]))
         if dropped and counter is not None:
             # Wait for the count to land (only when a batch had bad rows): a total read
@@ -101,21 +101,24 @@ def preprocess_counted(
         yield out
 
 
-def training_dataset(cfg: DataConfig, seed: int = 0, counter: ActorHandle | None = None) -> ray.data.Dataset:
-    """Train split -> (LEVIR-CC no-change rule) -> augmented model inputs with a caption.
+def training_dataset(cfg: DataConfig, contract: InputContract, seed: int = 0,
+                     counter: ActorHandle | None = None) -> ray.data.Dataset:
+    """Train split -> (LEVIR-CC no-change rule) -> augmented model inputs with a caption and
+    the model's fields: the batches hold ``contract.batch_keys``.
 
     With a :class:`DropCounter`, every row preprocessing drops is counted there.
     """
     # A new shard order each epoch. Not randomize_block_order: that is a barrier which waits
     # for every read (the whole split's bytes in the object store) before the first batch.
-    ds = read_split(cfg.shards, cfg.train_split, shuffle_files=True)
+    ds = read_split(cfg.shards, cfg.train_split, contract.columns, shuffle_files=True)
     if cfg.task == "pair" and cfg.no_change_keep_fraction < 1.0:
         ds = ds.map_batches(_keep_no_change, batch_format="pyarrow", batch_size=None,
                             fn_kwargs={"fraction": cfg.no_change_keep_fraction, "seed": seed})
     # batch_size=None: reading a shard and preprocessing it fuse into one task (with a batch
     # size they are two operators, twice the tasks, and a hop through the object store).
     ds = ds.map_batches(preprocess_counted, batch_format="numpy", batch_size=None,
-                        fn_kwargs={"cfg": cfg, "train": True, "counter": counter})
+                        fn_kwargs={"cfg": cfg, "train": True, "fields": contract.fields,
+                                   "counter": counter})
     # Ray Data reserves a share of the CPUs per operator; with reservation on, this one-operator
     # pipeline ran a single preprocessing task at a time on a 2-CPU node.
     ds.context.op_resource_reservation_enabled = False

@@ -129,6 +129,28 @@ def apply_augment(x: torch.Tensor, aug: Augment | None, size: int) -> torch.Tens
     return x
 
 
+def augment_objects(objects: Sequence[Mapping[str, Any]] | None, aug: Augment | None) -> list[dict[str, Any]]:
+    """A row's objects as the augmented image shows them: boxes (fractions) cropped,
+    re-scaled to the crop and flipped with the image; a box left outside the crop is gone."""
+    out = []
+    for o in objects if objects is not None else ():
+        x0, y0, x1, y1 = (float(v) for v in o["box"])
+        if aug is not None:
+            top, left, ch, cw = aug.crop
+            x0, x1 = (min(max((v - left) / cw, 0.0), 1.0) for v in (x0, x1))
+            y0, y1 = (min(max((v - top) / ch, 0.0), 1.0) for v in (y0, y1))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            if aug.hflip:
+                x0, x1 = 1.0 - x1, 1.0 - x0
+            if aug.vflip:
+                y0, y1 = 1.0 - y1, 1.0 - y0
+        score = o.get("score")
+        out.append({"box": [x0, y0, x1, y1], "category": str(o["category"]),
+                    "score": 1.0 if score is None else float(score)})
+    return out
+
+
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
@@ -150,13 +172,17 @@ def prepare_image(
 
 
 def sample_caption(
-    captions: Sequence[Mapping[str, str]], language: str, rng: np.random.Generator
+    captions: Sequence[Mapping[str, str]], language: str, rng: np.random.Generator,
+    languages: Sequence[str] | None = None,
 ) -> tuple[str, str]:
-    """One caption of the row: of ``language``, or of a random language when ``random``."""
+    """One caption of the row: of ``language``, or of a random language when ``random``
+    (one of ``languages``, the recipe's declared ones, when given)."""
     if not captions:
         raise ValueError("the row has no captions")
     if language == "random":
-        langs = sorted({c["lang"] for c in captions})
+        langs = sorted({c["lang"] for c in captions} & set(languages or [c["lang"] for c in captions]))
+        if not langs:
+            raise ValueError(f"no caption in any of the languages {list(languages or [])}")
         language = langs[int(rng.integers(len(langs)))]
     pool = [c for c in captions if c["lang"] == language]
     if not pool:
@@ -179,18 +205,22 @@ def preprocess_rows(
     train: bool,
     seed: int | None = None,
     with_captions: bool = True,
+    fields: Sequence[str] = (),
 ) -> tuple[dict[str, np.ndarray], list[DroppedRow]]:
     """A batch of shard rows -> model inputs of its good rows, and the rows dropped.
 
     Returns ``id``, and ``image`` ``[B, C, S, S]`` (task ``single``) or ``image_pair``
     ``[B, 2, C, S, S]`` (task ``pair``) as float32 arrays; with ``with_captions`` also one
     sampled ``text`` and its ``lang`` per row (a random caption at training, the first
-    of the language at inference). A bad row (undecodable or missing image, bands that do
+    of the language at inference); and each of the model's ``fields``
+    (``InputContract.fields``) per row, ``objects`` as lists of ``{box, category, score}``
+    moved with the augmentation. A bad row (undecodable or missing image, bands that do
     not match, no caption to use) is never a crash: it is left out and listed with its id.
     """
     rng = np.random.default_rng(seed)
     pair = cfg.task == "pair"
     ids, images, texts, langs, dropped = [], [], [], [], []
+    extra: dict[str, list[Any]] = {f: [] for f in fields}
     for i in range(len(batch["id"])):
         bands = batch["bands"][i] if "bands" in batch else None
         try:
@@ -207,8 +237,8 @@ def preprocess_rows(
                 raw = batch["captions"][i]
                 # a null caption list or text reads back as None: nothing to train on
                 caps = [c for c in raw if c["text"]] if raw is not None else []
-                text, lang = (sample_caption(caps, cfg.language, rng) if train
-                              else _first_caption(caps, cfg.language))
+                text, lang = (sample_caption(caps, cfg.language, rng, cfg.languages) if train
+                              else _first_caption(caps, cfg.language, cfg.languages))
         except ValueError as err:
             dropped.append(DroppedRow(str(batch["id"][i]), str(err)))
             continue
@@ -217,6 +247,8 @@ def preprocess_rows(
         if with_captions:
             texts.append(text)
             langs.append(lang)
+        for f in fields:
+            extra[f].append(augment_objects(batch[f][i], aug) if f == "objects" else batch[f][i])
     shape = (0, 2, len(cfg.bands), cfg.image_size, cfg.image_size) if pair else (
         0, len(cfg.bands), cfg.image_size, cfg.image_size)
     stacked = torch.stack(images).numpy() if images else np.zeros(shape, np.float32)
@@ -225,6 +257,10 @@ def preprocess_rows(
     if with_captions:
         out["text"] = np.array(texts, dtype=object)
         out["lang"] = np.array(langs, dtype=object)
+    for f, values in extra.items():
+        column = np.empty(len(values), dtype=object)  # one list per row, not a 2-D array
+        column[:] = values
+        out[f] = column
     return out, dropped
 
 
@@ -242,15 +278,17 @@ def preprocess_batch(
     train: bool,
     seed: int | None = None,
     with_captions: bool = True,
+    fields: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
     """:func:`preprocess_rows` for callers that only log what was dropped (Serve, embedding)."""
-    out, dropped = preprocess_rows(batch, cfg, train, seed, with_captions)
+    out, dropped = preprocess_rows(batch, cfg, train, seed, with_captions, fields)
     log_dropped(dropped, len(batch["id"]))
     return out
 
 
-def _first_caption(captions: Sequence[Mapping[str, str]], language: str) -> tuple[str, str]:
-    lang = "en" if language == "random" else language
+def _first_caption(captions: Sequence[Mapping[str, str]], language: str,
+                   languages: Sequence[str] = ("en",)) -> tuple[str, str]:
+    lang = (languages[0] if languages else "en") if language == "random" else language
     for c in captions:
         if c["lang"] == lang:
             return c["text"], c["lang"]

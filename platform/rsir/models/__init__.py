@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rsir.config import DataConfig, LossConfig, ModelConfig
+from rsir.config import DataConfig, LossConfig, ModelConfig, RecipeConfig
+from rsir.data.contract import InputContract
 
 # Importing the modules registers their classes.
 from rsir.models import dual_encoder, fusion, galr, heads, text_towers, towers  # noqa: F401
-from rsir.models.registry import FUSIONS, HEADS, IMAGE_TOWERS, MODELS, TEXT_TOWERS
+from rsir.models.registry import FUSIONS, HEADS, IMAGE_TOWERS, MODEL_FIELDS, MODELS, TEXT_TOWERS
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,18 @@ def create_model(cfg: ModelConfig, loss: LossConfig | None = None) -> nn.Module:
     if cfg.checkpoint:
         load_weights(model, cfg.checkpoint)
     return model
+
+
+def input_contract(cfg: RecipeConfig) -> InputContract:
+    """What the recipe's model reads from an archive: the one declaration every stage uses.
+
+    Raises ``ValueError`` when the training language is not among the declared languages.
+    """
+    data = cfg.data
+    if data.language != "random" and data.languages and data.language not in data.languages:
+        raise ValueError(f"recipe {cfg.name}: data.language {data.language!r} is not in "
+                         f"data.languages {data.languages}")
+    return InputContract.of(data, cfg.name, MODEL_FIELDS.get(cfg.model.name)(cfg.model))
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> list[str]:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsir.config import LossConfig, ModelConfig
-from rsir.models.registry import FUSIONS, HEADS, IMAGE_TOWERS, MODELS, TEXT_TOWERS
+from rsir.models.registry import FUSIONS, HEADS, IMAGE_TOWERS, MODEL_FIELDS, MODELS, TEXT_TOWERS
 
 
 class DualEncoder(nn.Module):
@@ -71,6 +71,12 @@ class DualEncoder(nn.Module):
             "text_features": self.encode_text(batch["tokens"]),
             "logit_scale": self.logit_scale.exp(),
         }
+
+
+@MODEL_FIELDS.register("dual_encoder")
+def dual_encoder_fields(cfg: ModelConfig) -> tuple[str, ...]:
+    """A dual encoder reads its task's images and captions, nothing else."""
+    return ()
 
 
 @MODELS.register("dual_encoder")

@@ -79,7 +79,7 @@ from torch import nn
 
 from rsir.config import LossConfig, ModelConfig
 from rsir.models.galr_text import BiGRUTextEncoder, WordVocab, load_vocab
-from rsir.models.registry import MODELS
+from rsir.models.registry import MODEL_FIELDS, MODELS
 
 log = logging.getLogger(__name__)
 
@@ -670,7 +670,8 @@ class GaLR(nn.Module):
         in_channels: int = 3,
         image_size: int = 256,
         ms_channels: int = 3,
-        # local branch + DREA
+        # local branch + DREA (``local_branch=False``: the global branch alone, the ablation)
+        local_branch: bool = True,
         max_objects: int = 20,
         node_dim: int = 64,
         merge_threshold: float | None = 0.8,
@@ -701,14 +702,15 @@ class GaLR(nn.Module):
         self.boost = boost
         self.global_branch = GlobalBranch(backbone, embed_dim, image_size, in_channels, widths,
                                           backbone_weights, ms_channels)
-        self.local_branch = LocalGCN(len(self.categories), max_objects, node_dim, embed_dim)
-        if fusion == "midf":
-            self.fusion: nn.Module = MIDF(embed_dim, heads, ff_dim, attn_dropout, dynamic_dim,
-                                          dynamic_dropout)
-        elif fusion == "add":
-            self.fusion = AddFusion(global_weight, local_weight)
-        else:
+        self.local_branch = (LocalGCN(len(self.categories), max_objects, node_dim, embed_dim)
+                             if local_branch else None)
+        if fusion not in ("midf", "add"):
             raise ValueError(f"GaLR fusion {fusion!r}; valid: midf, add")
+        self.fusion: nn.Module | None = None  # nothing to fuse without the local branch
+        if local_branch and fusion == "midf":
+            self.fusion = MIDF(embed_dim, heads, ff_dim, attn_dropout, dynamic_dim, dynamic_dropout)
+        elif local_branch:
+            self.fusion = AddFusion(global_weight, local_weight)
         self.text_encoder = BiGRUTextEncoder(vocab, embed_dim, word_dim, text_hidden,
                                              text_layers, text_dropout, max_words)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)),
@@ -765,9 +767,12 @@ class GaLR(nn.Module):
         return self.text_encoder.tokenize(texts)
 
     def encode_image_parts(self, images: torch.Tensor, objects: Any = None) -> dict[str, torch.Tensor]:
-        """``{"global": v_g, "local": v_l, "fused": v}`` (unnormalised ``v``)."""
-        objs = self._objects(objects, images.shape[0], images.device)
+        """``{"global": v_g, "local": v_l, "fused": v}`` (unnormalised ``v``); without a local
+        branch ``{"global": v_g, "fused": v_g}``."""
         v_g = self.global_branch(images)
+        if self.local_branch is None:
+            return {"global": v_g, "fused": v_g}
+        objs = self._objects(objects, images.shape[0], images.device)
         v_l = self.local_branch(objs)
         return {"global": v_g, "local": v_l, "fused": self.fusion(v_g, v_l)}
 
@@ -803,6 +808,12 @@ def _galr_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"model 'galr' has no option {unknown[0]!r}; valid: {', '.join(valid)}")
     return dict(options)
+
+
+@MODEL_FIELDS.register("galr")
+def galr_fields(cfg: ModelConfig) -> tuple[str, ...]:
+    """The local branch reads each row's detected ``objects``; the global branch alone reads none."""
+    return ("objects",) if cfg.options.get("local_branch", True) else ()
 
 
 @MODELS.register("galr")

@@ -11,3 +11,6 @@ TEXT_TOWERS: Registry[nn.Module] = Registry("text tower")
 FUSIONS: Registry[nn.Module] = Registry("fusion")
 HEADS: Registry[nn.Module] = Registry("head")
 MODELS: Registry[nn.Module] = Registry("model")
+# Per architecture (same names as MODELS): ModelConfig -> the shard columns the model reads
+# beyond its task's images and captions (``rsir.data.contract``).
+MODEL_FIELDS: Registry[tuple[str, ...]] = Registry("model input declaration")

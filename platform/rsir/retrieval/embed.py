@@ -25,13 +25,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def embed_visual(model: nn.Module, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-    """``image`` ``[B, C, H, W]`` or ``image_pair`` ``[B, 2, C, H, W]`` -> ``[B, E]`` float32."""
+    """``image`` ``[B, C, H, W]`` or ``image_pair`` ``[B, 2, C, H, W]`` -> ``[B, E]`` float32;
+    a batch with ``objects`` (GaLR's local branch) hands them to the model with the images."""
     m = unwrap(model)
     device = next(m.parameters()).device
     if "image_pair" in batch:
         x = torch.as_tensor(batch["image_pair"], device=device)
         return m.encode_pair(x).float().cpu().numpy()
     x = torch.as_tensor(batch["image"], device=device)
+    if "objects" in batch:
+        return m.encode_image(x, list(batch["objects"])).float().cpu().numpy()
     return m.encode_image(x).float().cpu().numpy()
 
 
@@ -54,15 +57,17 @@ def evaluate_rows(
     language: str | None = "en",
     ks: Sequence[int] = (1, 5, 10),
     batch_size: int = 256,
+    fields: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Cross-modal recall of a split held in memory (``rows``: column -> sequence)."""
+    """Cross-modal recall of a split held in memory (``rows``: column -> sequence, with the
+    model's ``fields``)."""
     was_training = model.training
     model.eval()
     visual = []
     n = len(rows["id"])
     for i in range(0, n, batch_size):
         chunk = {k: v[i: i + batch_size] for k, v in rows.items()}
-        inputs = preprocess_batch(chunk, cfg, train=False, with_captions=False)
+        inputs = preprocess_batch(chunk, cfg, train=False, with_captions=False, fields=fields)
         if len(inputs["id"]) != len(chunk["id"]):  # texts are matched to rows by position
             raise ValueError("evaluation split has undecodable rows; convert it again")
         visual.append(embed_visual(model, inputs))

@@ -58,8 +58,11 @@ class ImageEncoder:
     def __init__(self, recipe: dict[str, Any], checkpoint: str | None, max_batch_size: int = 32,
                  batch_wait_timeout_s: float = 0.01) -> None:
         from rsir.inference import load_trained
+        from rsir.models import input_contract
 
         self.cfg, self.model = load_trained(recipe, checkpoint)
+        # A query image carries no detections: a model field (GaLR's objects) reads as empty.
+        self.fields = input_contract(self.cfg).fields
         self.embed.set_max_batch_size(max_batch_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._forward = _ForwardThread()
@@ -81,8 +84,10 @@ class ImageEncoder:
             batch = {"id": np.array([str(i) for i in idx], dtype=object),
                      "image": [items[i]["image"] for i in idx],
                      "image_t2": [items[i].get("image_t2") for i in idx],
-                     "bands": [items[i].get("bands") or list(data_cfg.bands) for i in idx]}
-            inputs = preprocess_batch(batch, data_cfg, train=False, with_captions=False)
+                     "bands": [items[i].get("bands") or list(data_cfg.bands) for i in idx],
+                     **{f: [items[i].get(f) or [] for i in idx] for f in self.fields}}
+            inputs = preprocess_batch(batch, data_cfg, train=False, with_captions=False,
+                                      fields=self.fields)
             if len(inputs["id"]):
                 vectors = embed_visual(self.model, inputs)
                 for row, i in enumerate(inputs["id"]):
@@ -632,10 +637,12 @@ def build_app_from_config(args: dict[str, Any]):
 
 def cli_main(args: Any) -> int:
     """``rsir serve --config configs/serve.yaml [key=value ...]``: run until interrupted."""
-    from rsir.cluster import init_ray
+    from rsir.preflight import start_job
+    from rsir.serve.preflight import check_serve
 
     cfg = load_config(args.config, list(getattr(args, "overrides", []) or []), cls=ServeConfig)
-    local = init_ray(getattr(args, "address", None), env_vars=PROXY_ENV[cfg.proxy])
+    local = start_job(check_serve(cfg), getattr(args, "address", None), 600.0,
+                      env_vars=PROXY_ENV[cfg.proxy])
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name="rsir", route_prefix="/", blocking=False)
     front = cfg.proxy if local else "the cluster's Serve front"

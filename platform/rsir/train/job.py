@@ -23,16 +23,16 @@ def resolve(args: argparse.Namespace) -> tuple[RecipeConfig, Path]:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    from rsir.cluster import init_ray
+    from rsir.preflight import check_recipe, start_job
     from rsir.train.trainer import fit
 
     cfg, run_dir = resolve(args)
     shards = Path(cfg.data.shards)
     if cfg.demo.generate_if_missing and not shards.exists():
-        from rsir.demo import ensure_world
+        from rsir.data.demo_world import ensure_world
 
         ensure_world(cfg, shards.parent)
-    init_ray(args.address)
+    start_job(check_recipe(cfg, "train"), args.address, cfg.scaling.resource_timeout_s)
     result = fit(cfg, run_dir)
     last = result.history[-1] if result.history else {}
     print(f"trained {cfg.name}: {len(result.history)} epochs in {result.run_dir}; "

@@ -22,8 +22,9 @@ import ray.train.torch
 import torch
 
 from rsir.config import RecipeConfig, from_dict
+from rsir.data.contract import InputContract
 from rsir.losses import create_loss
-from rsir.models import create_model, load_weights
+from rsir.models import create_model, input_contract, load_weights
 from rsir.optim import create_optimizer, create_scheduler
 from rsir.retrieval.embed import evaluate_rows, unwrap
 from rsir.training_step import batch_inputs, contrastive_loss, optimizer_step
@@ -45,16 +46,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def _val_rows(cfg: RecipeConfig) -> dict[str, list[Any]] | None:
-    """The validation split, read whole (it is small) by rank 0."""
+def _val_rows(contract: InputContract) -> dict[str, list[Any]] | None:
+    """The validation split, read whole (it is small) by rank 0: the contract's columns."""
     shard = ray.train.get_dataset_shard("val")
     if shard is None:
         return None
     cols: dict[str, list[Any]] = {}
     for batch in shard.iter_batches(batch_size=512, batch_format="numpy"):
-        for k in ("id", "image", "image_t2", "bands", "captions"):
-            if k in batch:
-                cols.setdefault(k, []).extend(batch[k])
+        for k in contract.columns:
+            cols.setdefault(k, []).extend(batch[k])
     return cols or None
 
 
@@ -84,6 +84,7 @@ def _log_worker_start(run_dir: Path, rank: int, world: int, start_epoch: int) ->
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg: RecipeConfig = from_dict(RecipeConfig, config["recipe"], "recipe")
+    contract = input_contract(cfg)
     run_dir = Path(config["run_dir"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -118,8 +119,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     _log_worker_start(run_dir, rank, world, start_epoch)
     train_shard = ray.train.get_dataset_shard("train")
-    val_rows = _val_rows(cfg) if rank == 0 else None
-    image_key = "image_pair" if cfg.data.task == "pair" else "image"
+    val_rows = _val_rows(contract) if rank == 0 else None
+    image_key = contract.image_key
     tb = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -135,7 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 batch_size=cfg.data.batch_size, batch_format="numpy", drop_last=True,
                 prefetch_batches=cfg.data.prefetch_batches,
                 local_shuffle_buffer_size=4 * cfg.data.batch_size)):
-            inputs = batch_inputs(model, batch, image_key, device)
+            inputs = batch_inputs(model, batch, image_key, device, contract.fields)
             losses = contrastive_loss(model, loss_fn, inputs, bf16=use_bf16)
             (losses["loss"] / accum).backward()
             if (i + 1) % accum == 0:
@@ -160,7 +161,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             if val_rows:
                 rec = evaluate_rows(model, val_rows, cfg.data, language=_eval_lang(cfg),
-                                    ks=cfg.eval.ks)
+                                    ks=cfg.eval.ks, fields=contract.fields)
                 metrics.update({f"val_i2t_R@{k}": v for k, v in rec["i2t"].items()})
                 metrics.update({f"val_t2i_R@{k}": v for k, v in rec["t2i"].items()})
                 metrics["val_mR"] = rec["mR"]
@@ -186,4 +187,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _eval_lang(cfg: RecipeConfig) -> str:
-    return "en" if cfg.data.language == "random" else cfg.data.language
+    """Validation queries: the training language; under ``random``, the first declared one."""
+    return cfg.data.languages[0] if cfg.data.language == "random" else cfg.data.language

@@ -22,6 +22,7 @@ from ray.train.torch import TorchTrainer
 
 from rsir.config import RecipeConfig, save_config, to_dict
 from rsir.data.pipeline import DropCounter, read_split, training_dataset
+from rsir.models import input_contract
 from rsir.train.loop import CHECKPOINT_FILE, METRICS_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,11 @@ def build_trainer(
     With a ``DropCounter``, the training rows preprocessing drops are counted there.
     """
     run_dir = Path(run_dir).resolve()
-    datasets = {"train": training_dataset(cfg.data, seed=cfg.train.seed, counter=drop_counter)}
+    contract = input_contract(cfg)
+    datasets = {"train": training_dataset(cfg.data, contract, seed=cfg.train.seed,
+                                          counter=drop_counter)}
     if cfg.data.val_split:
-        datasets["val"] = read_split(cfg.data.shards, cfg.data.val_split)
+        datasets["val"] = read_split(cfg.data.shards, cfg.data.val_split, contract.columns)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker or 1

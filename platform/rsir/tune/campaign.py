@@ -29,7 +29,8 @@ import ray
 import yaml
 from ray import tune
 
-from rsir.config import from_dict, load_config, load_yaml, save_config, to_dict
+from rsir.config import RecipeConfig, from_dict, load_config, load_yaml, save_config, to_dict
+from rsir.preflight import Check, ResourceRequest, check_recipe, start_job
 from rsir.tune import posthoc
 from rsir.tune.space import TuneConfig, set_dotted, tune_space, validate
 
@@ -63,7 +64,6 @@ def train_trial(config: dict[str, Any], recipe: dict[str, Any]) -> None:
     """One Ray Train run of ``recipe`` with this trial's parameters (dotted recipe keys)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from rsir.config import RecipeConfig
     from rsir.train.trainer import build_trainer
 
     cfg = from_dict(RecipeConfig, set_dotted(recipe, config), "trial")
@@ -84,8 +84,6 @@ def train_trial(config: dict[str, Any], recipe: dict[str, Any]) -> None:
 def _base_recipe(cfg: TuneConfig) -> dict[str, Any] | None:
     if not cfg.recipe:
         return None
-    from rsir.config import RecipeConfig
-
     return to_dict(load_config(cfg.recipe, cfg.recipe_overrides, cls=RecipeConfig))
 
 
@@ -101,8 +99,6 @@ def build_payload(cfg: TuneConfig, split: str = "val") -> dict[str, Any]:
         raise ValueError(f"data.{'path' if split == 'val' else 'test_path'} is required")
     if d.source == "npz":
         return posthoc.load_npz(cfg.kind, path)
-    from rsir.config import RecipeConfig
-
     recipe = from_dict(RecipeConfig, _base_recipe(cfg), "recipe")
     return posthoc.from_checkpoint(recipe, path, recipe.data.val_split if split == "val"
                                    else recipe.data.test_split)
@@ -306,17 +302,38 @@ def plot_metric_vs_params(cfg: TuneConfig, rows: list[dict[str, Any]], path: Pat
 # ---------------------------------------------------------------------------------------
 
 
+def check_campaign(cfg: TuneConfig) -> Check:
+    """The preflight of a campaign: its base recipe's archive and weights (``train``: the
+    training splits; ``rerank`` from a checkpoint: the split it embeds), one trial's resources
+    and, for ``train``, the Ray Train workers each trial starts."""
+    recipe = _base_recipe(cfg)
+    if recipe is None:
+        check = Check(cfg.name, "tune")
+    else:
+        rcfg = from_dict(RecipeConfig, recipe, cfg.recipe or "recipe")
+        if cfg.kind == "train":
+            check = check_recipe(rcfg, "tune")
+        elif cfg.data.source == "checkpoint":
+            check = check_recipe(rcfg, "index", checkpoint=cfg.data.path, split=rcfg.data.val_split)
+        else:
+            check = Check(rcfg.name, "tune")
+    check.job = f"tune ({cfg.kind})"
+    check.requests.insert(0, ResourceRequest("Tune trial", 1, dict(cfg.resources),
+                                             {k: f"resources.{k}=... (campaign YAML)"
+                                              for k in ("CPU", "GPU")}))
+    return check
+
+
 def cli_main(args: argparse.Namespace) -> int:
     """``rsir tune --config X [overrides]`` or ``rsir tune --resume RUN_DIR``."""
-    from rsir.cluster import init_ray
-
-    init_ray(getattr(args, "address", None))
     if getattr(args, "resume", None):
-        summary = resume_campaign(args.resume)
+        cfg = load_tune_config(Path(args.resume) / CONFIG_FILE)
+    elif args.config:
+        cfg = load_tune_config(args.config, list(args.overrides or []))
     else:
-        if not args.config:
-            raise SystemExit("rsir tune: --config or --resume is required")
-        summary = run_campaign(load_tune_config(args.config, list(args.overrides or [])))
+        raise SystemExit("rsir tune: --config or --resume is required")
+    start_job(check_campaign(cfg), getattr(args, "address", None), 600.0)
+    summary = resume_campaign(args.resume) if args.resume else run_campaign(cfg)
     print(json.dumps(_plain(summary), indent=2))
     return 1 if summary["n_errors"] and summary["n_errors"] == summary["n_trials"] else 0
 

@@ -14,25 +14,36 @@ Output of :func:`run_conversion` (``out``)::
     _meta/quarantine/CCCCC.parquet   the chunk's bad records
     _meta/quarantine.parquet   all bad records (rewritten at the end of every run)
     _meta/<table>.parquet      extra tables a converter adds (PATTERNCOM's composed queries)
+    _meta/band_stats.json      per-band mean/std of the training split (converters that set
+                               ``band_stats_split``: Dubai-CCD)
     _SUCCESS                   JSON summary, written last
 
 Resumable and idempotent by deterministic chunking: records are listed in a fixed order
 and cut into chunks of ``chunk_size``; chunk k always writes the same file names, and its
 manifest is written (atomically) only after its shards and quarantine part are complete.
 A re-run skips every chunk whose manifest carries the same fingerprint (the chunk's
-record ids and sources plus the converter's options) and rewrites any other chunk after
+record ids and sources plus the converter's options, which include the sha256 of the
+``--objects`` and ``--translations`` files) and rewrites any other chunk after
 deleting its old files, so an interrupted or repeated run never duplicates a row. Paths
 starting with ``_`` are ignored by ``read_table`` (flat ``*.parquet`` glob) and by Ray
 Data / Arrow dataset discovery, so ``out`` reads as the shards alone.
+
+Beside the dataset's own files a conversion can read ``--objects PATH`` (DOTA label files
+or a COCO JSON, :mod:`rsir.data.converters.objects`) and ``--translations LANG=PATH``
+(the captions in another language, in the dataset's own layout: :meth:`Converter.caption_table`).
+Every caption is stored NFC-normalised with its language tag; a record missing from a
+translation, or with another number of sentences there, is quarantined.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import logging
 import os
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +55,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from rsir.data.schema import QUARANTINE_SCHEMA, ShardWriter, encode_image, make_row
+from rsir.data.converters.objects import LabelError, ObjectLabels
+from rsir.data.schema import QUARANTINE_SCHEMA, ShardWriter, decode_image, encode_image, make_row
 from rsir.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -82,6 +94,8 @@ class Record:
     bitemporal pair); each entry lists the files whose bands are stacked, in order.
     ``captions`` are raw bytes so invalid UTF-8 is caught here, not by the JSON parser.
     ``problems`` are reasons found while listing (e.g. an inconsistent annotation line).
+    ``caption_key`` names the record in its caption file, where a translation in the same
+    layout names it too (the filename, or ``<split>/<filename>`` for precomp).
     """
 
     id: str
@@ -95,6 +109,11 @@ class Record:
     attributes: dict[str, str] = field(default_factory=dict)
     bands: Sequence[str] | None = None
     problems: list[str] = field(default_factory=list)
+    caption_key: str = ""
+
+
+# One language's captions of a dataset: caption key -> (raw captions, the file they are in).
+CaptionTable = dict[str, tuple[list[bytes], str]]
 
 
 def infer_changed(captions: Iterable[str]) -> bool:
@@ -126,6 +145,62 @@ def caption_bytes(value: Any) -> bytes:
 def load_json_bytes(path: Path) -> Any:
     """Parse JSON without letting one invalid UTF-8 byte make the whole file unreadable."""
     return json.loads(path.read_bytes().decode("utf-8", errors="surrogateescape"))
+
+
+def karpathy_caption_table(path: Path) -> CaptionTable:
+    """Captions by ``images[].filename`` of a Karpathy-style JSON, or of every ``*.json``
+    of a folder (Dubai-CCD's three split files); a filename listed twice is an error."""
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files or not files[0].is_file():
+        raise FileNotFoundError(f"no Karpathy-style JSON at {path}")
+    table: CaptionTable = {}
+    for file in files:
+        for item in load_json_bytes(file).get("images", []):
+            filename = str(item.get("filename", ""))
+            if not filename:  # matches no record (a record without one is quarantined)
+                continue
+            if filename in table:
+                raise ValueError(f"{file}: {filename!r} is listed twice (also in {table[filename][1]})")
+            table[filename] = ([caption_bytes(s.get("raw")) for s in item.get("sentences", [])],
+                               str(file))
+    return table
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, sorted)."""
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"\0{file.relative_to(path).as_posix()}\0".encode())
+        h.update(hashlib.sha256(file.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def decode_captions(raws: Sequence[bytes], lang: str, where: str = "") -> list[dict[str, str]]:
+    """Raw captions -> ``{text, lang}``, NFC-normalised and stripped; raises BadRecord.
+
+    ``where`` (a translation's language and file) prefixes the reason when given.
+    """
+    prefix = f"{where}: " if where else ""
+    captions = []
+    for i, raw in enumerate(raws):
+        try:
+            text = unicodedata.normalize("NFC", raw.decode("utf-8")).strip()
+        except UnicodeDecodeError:
+            raise BadRecord(f"{prefix}caption {i} is not valid UTF-8") from None
+        if not text:
+            raise BadRecord(f"{prefix}caption {i} is empty")
+        captions.append({"text": text, "lang": lang})
+    return captions
+
+
+def band_sums(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-band sum and sum of squares of an ``[H, W, C]`` image scaled as the models see it
+    (integers / dtype max, as ``rsir.data.transforms.to_tensor``), and its pixel count."""
+    scale = float(np.iinfo(array.dtype).max) if np.issubdtype(array.dtype, np.integer) else 1.0
+    values = array.reshape(-1, array.shape[2]).astype(np.float64) / scale
+    return values.sum(0), np.square(values).sum(0), values.shape[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,24 +290,58 @@ class Converter(ABC):
     Subclasses register under the dataset's CLI name with ``@CONVERTERS.register(name)``,
     set ``name``, and implement :meth:`records`. ``image_dir`` overrides where images
     are looked up for layouts that keep them apart from the annotations (precomp).
+    ``objects``: a DOTA label folder or COCO JSON (:class:`~rsir.data.converters.objects.ObjectLabels`).
+    ``translations``: ``{lang: path}``, each read with :meth:`caption_table`.
+    ``band_stats_split``: the split whose per-band mean/std go to ``_meta/band_stats.json``.
     """
 
     name: ClassVar[str]
     splits: ClassVar[frozenset[str]] = KNOWN_SPLITS
+    band_stats_split: ClassVar[str | None] = None
 
-    def __init__(self, src: str | os.PathLike[str], image_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        src: str | os.PathLike[str],
+        image_dir: str | os.PathLike[str] | None = None,
+        objects: str | os.PathLike[str] | None = None,
+        translations: Mapping[str, str | os.PathLike[str]] | None = None,
+    ):
         self.src = Path(src)
         if not self.src.is_dir():
             raise FileNotFoundError(f"{self.name}: source directory {self.src} does not exist")
         self.image_dir = Path(image_dir) if image_dir is not None else None
+        self.objects = ObjectLabels(objects) if objects is not None else None
+        self.translation_paths = {lang: Path(p) for lang, p in sorted((translations or {}).items())}
+        for lang, path in self.translation_paths.items():
+            if lang == "en" or not (lang.isascii() and lang.isalpha() and lang.islower()):
+                raise ValueError(f"{self.name}: translation language {lang!r} is not an ISO 639-1 "
+                                 "code other than the dataset's own 'en'")
+            if not path.exists():
+                raise FileNotFoundError(f"{self.name}: {lang} translation {path} does not exist")
+        self.translations = {lang: self.caption_table(path)
+                             for lang, path in self.translation_paths.items()}
 
     @abstractmethod
     def records(self) -> Iterator[Record]:
         """Every record of the dataset, in a fixed order (the order of its annotations)."""
 
+    def caption_table(self, path: Path) -> CaptionTable:
+        """One language's captions in this dataset's layout at ``path``, by caption key."""
+        raise ValueError(f"{self.name} has no captions to translate")
+
     def options(self) -> dict[str, Any]:
         """What besides the records decides the output (goes into each chunk's fingerprint)."""
-        return {"name": self.name, "image_dir": str(self.image_dir) if self.image_dir else None}
+        options: dict[str, Any] = {
+            "name": self.name, "image_dir": str(self.image_dir) if self.image_dir else None}
+        # Only when used, so archives converted without them keep their fingerprints.
+        if self.objects is not None:
+            options["objects"] = {"path": str(self.objects.path), "sha256": sha256_of(self.objects.path)}
+        if self.translation_paths:
+            options["translations"] = {lang: {"path": str(p), "sha256": sha256_of(p)}
+                                       for lang, p in self.translation_paths.items()}
+        if self.band_stats_split is not None:
+            options["band_stats_split"] = self.band_stats_split
+        return options
 
     def extra_tables(self, valid_ids: set[str]) -> dict[str, tuple[pa.Table, list[dict[str, str]]]]:
         """Tables written beside the shards, from the ids that passed validation.
@@ -247,17 +356,20 @@ class Converter(ABC):
             raise BadRecord("; ".join(rec.problems))
         if rec.split not in self.splits:
             raise BadRecord(f"unknown split {rec.split!r} (known: {', '.join(sorted(self.splits))})")
-        captions = []
-        for i, raw in enumerate(rec.captions):
-            try:
-                text = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise BadRecord(f"caption {i} is not valid UTF-8") from None
-            if not text:
-                raise BadRecord(f"caption {i} is empty")
-            captions.append({"text": text, "lang": "en"})
-        if rec.require_captions and not captions:
+        english = decode_captions(rec.captions, "en")
+        if rec.require_captions and not english:
             raise BadRecord("no captions")
+        captions = list(english)
+        for lang, table in self.translations.items():
+            entry = table.get(rec.caption_key)
+            if entry is None:
+                raise BadRecord(f"{lang}: no translation of {rec.caption_key} in "
+                                f"{self.translation_paths[lang]}")
+            raws, file = entry
+            if len(raws) != len(english):
+                raise BadRecord(f"{lang}: {len(raws)} sentences for {rec.caption_key} in {file}, "
+                                f"{len(english)} in English")
+            captions += decode_captions(raws, lang, f"{lang} ({file})")
         loaded = [load_date(paths) for paths in rec.dates]
         first = loaded[0][0]
         for array, _ in loaded[1:]:
@@ -271,18 +383,58 @@ class Converter(ABC):
         )
         if len(bands) != first.shape[2]:
             raise BadRecord(f"image has {first.shape[2]} bands, expected {len(bands)} ({', '.join(bands)})")
+        objects = []
+        if self.objects is not None:
+            try:
+                objects = self.objects.objects_for(rec.dates[0][0], first.shape[1], first.shape[0])
+            except LabelError as err:
+                raise BadRecord(str(err)) from None
         encoded = [raw if raw is not None else encode_image(array) for array, raw in loaded]
         return make_row(
             id=rec.id, split=rec.split, image=encoded[0],
             image_t2=encoded[1] if len(encoded) > 1 else None, bands=bands, captions=captions,
             changed=rec.changed, class_name=rec.class_name, attributes=rec.attributes,
-            source=rec.source,
+            objects=objects, source=rec.source,
         )
 
 
 # ---------------------------------------------------------------------------------------
 # Running a conversion
 # ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class BandSums:
+    """Running per-band sums over images of one band order (partial statistics of a chunk)."""
+
+    bands: list[str] = field(default_factory=list)
+    n_pixels: int = 0
+    sum: list[float] = field(default_factory=list)
+    sumsq: list[float] = field(default_factory=list)
+
+    def add(self, bands: Sequence[str], array: np.ndarray) -> None:
+        total, squares, n = band_sums(array)
+        self.merge(BandSums(list(bands), n, total.tolist(), squares.tolist()))
+
+    def merge(self, other: BandSums) -> None:
+        if not other.n_pixels:
+            return
+        if not self.n_pixels:
+            self.bands, self.sum, self.sumsq = list(other.bands), list(other.sum), list(other.sumsq)
+        elif other.bands != self.bands:
+            raise ValueError(f"band statistics need one band order; rows have {self.bands} "
+                             f"and {other.bands}")
+        else:
+            self.sum = np.add(self.sum, other.sum).tolist()
+            self.sumsq = np.add(self.sumsq, other.sumsq).tolist()
+        self.n_pixels += other.n_pixels
+
+    def stats(self, split: str) -> dict[str, Any]:
+        """``band_stats.json``: mean and population std per band."""
+        mean = np.asarray(self.sum) / self.n_pixels
+        std = np.sqrt(np.maximum(np.asarray(self.sumsq) / self.n_pixels - mean**2, 0.0))
+        return {"bands": self.bands, "mean": mean.tolist(), "std": std.tolist(),
+                "n_pixels": self.n_pixels, "split": split}
 
 
 @dataclass
@@ -294,6 +446,7 @@ class ConversionResult:
     chunks_skipped: int
     out: Path
     extra_tables: dict[str, int] = field(default_factory=dict)
+    with_objects: int = 0  # converted rows with at least one object
 
     @property
     def bad_fraction(self) -> float:
@@ -367,7 +520,9 @@ def run_conversion(
         bar = tqdm(desc=f"convert {converter.name}", unit="rec")
     seen_ids: set[str] = set()
     valid_ids: set[str] = set()
-    converted = quarantined = written = skipped = 0
+    stats_split = converter.band_stats_split
+    split_sums = BandSums()
+    converted = quarantined = written = skipped = with_objects = 0
     n_chunks = 0
     for k, chunk in enumerate(_chunks(records, chunk_size)):
         n_chunks = k + 1
@@ -378,6 +533,9 @@ def run_conversion(
             # Done in an earlier run: its valid ids still matter for duplicates and extras.
             valid_ids.update(manifest["valid_ids"])
             seen_ids.update(rec.id for rec in chunk)
+            if stats_split is not None:
+                split_sums.merge(BandSums(**manifest["band_sums"]))
+            with_objects += manifest.get("with_objects", 0)
             converted += manifest["converted"]
             quarantined += manifest["quarantined"]
             skipped += 1
@@ -389,14 +547,22 @@ def run_conversion(
             path.unlink(missing_ok=True)
         bad: list[dict[str, str]] = []
         chunk_valid: list[str] = []
+        chunk_sums = BandSums()
+        chunk_objects = 0
         with ShardWriter(out, max_bytes=max_bytes, prefix=f"part-{k:05d}") as writer:
             for rec in chunk:
                 try:
                     if rec.id in seen_ids:
                         raise BadRecord(f"duplicate id {rec.id!r}")
                     seen_ids.add(rec.id)
-                    writer.write(converter.to_row(rec))
+                    row = converter.to_row(rec)
+                    writer.write(row)
                     chunk_valid.append(rec.id)
+                    chunk_objects += bool(row["objects"])
+                    if rec.split == stats_split:
+                        for key in ("image", "image_t2"):
+                            if row[key] is not None:
+                                chunk_sums.add(row["bands"], decode_image(row[key]))
                 except BadRecord as err:
                     bad.append({"dataset": converter.name, "record": rec.id,
                                 "source_path": rec.source, "reason": str(err)})
@@ -406,9 +572,13 @@ def run_conversion(
             _write_table(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA),
                          meta / "quarantine" / f"{k:05d}.parquet")
         manifest = {"fingerprint": fingerprint, "converted": len(chunk_valid),
-                    "quarantined": len(bad), "valid_ids": chunk_valid}
+                    "quarantined": len(bad), "valid_ids": chunk_valid, "with_objects": chunk_objects}
+        if stats_split is not None:
+            manifest["band_sums"] = dataclasses.asdict(chunk_sums)
         _atomic_write_bytes(manifest_path, json.dumps(manifest).encode())
         valid_ids.update(chunk_valid)
+        split_sums.merge(chunk_sums)
+        with_objects += chunk_objects
         converted += len(chunk_valid)
         quarantined += len(bad)
         written += 1
@@ -423,10 +593,18 @@ def run_conversion(
         extra_bad.extend(bad_rows)
     quarantined += len(extra_bad)
     _write_quarantine(meta, n_chunks, extra_bad)
+    stats_path = meta / "band_stats.json"
+    stats_path.unlink(missing_ok=True)
+    if stats_split is not None:
+        if split_sums.n_pixels:
+            _atomic_write_bytes(stats_path, json.dumps(split_sums.stats(stats_split), indent=1).encode())
+        else:
+            log.warning("%s: no %s rows converted, so no %s", converter.name, stats_split, stats_path)
     result = ConversionResult(converter.name, converted, quarantined, written, skipped, out,
-                              extra_counts)
+                              extra_counts, with_objects)
     summary = {"dataset": result.dataset, "converted": converted, "quarantined": quarantined,
-               "chunks": n_chunks, "extra_tables": extra_counts, "options": options}
+               "chunks": n_chunks, "extra_tables": extra_counts, "with_objects": with_objects,
+               "options": options}
     _atomic_write_bytes(out / "_SUCCESS", json.dumps(summary, indent=1).encode())
     return result
 

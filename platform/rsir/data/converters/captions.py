@@ -17,6 +17,12 @@ Two published layouts per dataset:
   In the released files ``train_filename.txt`` lists each image once for its 5 caption
   lines while ``test_filename.txt`` repeats it on every line; both are read. Splits are
   the ``{split}`` prefixes found; Sydney's ``*_verify.txt`` re-split is not read.
+
+``--translations LANG=PATH`` reads another language's captions in the same layout: for
+the JSON, a ``dataset_*.json`` with the same ``images[].filename`` and the sentences
+translated (or a folder of such files); for precomp, a folder of ``{split}_caps.txt``,
+grouped by the folder's own ``{split}_filename.txt`` when it has one, else by the
+English ``{split}_filename.txt`` (then the line counts must agree).
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from rsir.data.converters.base import CONVERTERS, Converter, Record, caption_bytes, load_json_bytes
+from rsir.data.converters.base import (
+    CONVERTERS,
+    CaptionTable,
+    Converter,
+    Record,
+    caption_bytes,
+    karpathy_caption_table,
+    load_json_bytes,
+)
 
 CAPTIONS_PER_IMAGE = 5
 
@@ -48,6 +62,9 @@ class KarpathyCaptions(Converter):
     def attributes(self, item: dict) -> dict[str, str]:
         return {}
 
+    def caption_table(self, path: Path) -> CaptionTable:
+        return karpathy_caption_table(path)
+
     def records(self) -> Iterator[Record]:
         root = self.image_dir or self.src / self.image_folder
         for item in load_json_bytes(self.annotation_path())["images"]:
@@ -60,6 +77,7 @@ class KarpathyCaptions(Converter):
                 captions=[caption_bytes(s.get("raw")) for s in item.get("sentences", [])],
                 attributes=self.attributes(item),
                 problems=[] if filename else ["annotation has no filename"],
+                caption_key=filename,
             )
 
 
@@ -113,30 +131,32 @@ class Precomp(Converter):
             raise FileNotFoundError(f"{self.name}: no *_caps.txt in {self.src}")
         return found
 
+    def groups(self, caps_path: Path, names_path: Path) -> list[tuple[str, list[bytes]]]:
+        """(filename, caption lines) per image of one split, in file order."""
+        caps = caps_path.read_bytes().splitlines()
+        names = [n.decode("utf-8", errors="replace").strip()
+                 for n in names_path.read_bytes().splitlines()]
+        if len(caps) == len(names):
+            # One filename per caption line: consecutive equal names are one image.
+            groups: list[tuple[str, list[bytes]]] = []
+            for name, cap in zip(names, caps):
+                if groups and groups[-1][0] == name:
+                    groups[-1][1].append(cap)
+                else:
+                    groups.append((name, [cap]))
+            return groups
+        if len(caps) == CAPTIONS_PER_IMAGE * len(names):
+            return [(name, caps[CAPTIONS_PER_IMAGE * i: CAPTIONS_PER_IMAGE * (i + 1)])
+                    for i, name in enumerate(names)]
+        raise ValueError(
+            f"{self.name}: {caps_path} has {len(caps)} lines but {names_path} has "
+            f"{len(names)} (expected equal, or 1 per {CAPTIONS_PER_IMAGE} captions)"
+        )
+
     def records(self) -> Iterator[Record]:
         root = self.image_dir or self.src / "images"
         for split, caps_path, names_path in self.split_files():
-            caps = caps_path.read_bytes().splitlines()
-            names = [n.decode("utf-8", errors="replace").strip()
-                     for n in names_path.read_bytes().splitlines()]
-            if len(caps) == len(names):
-                # One filename per caption line: consecutive equal names are one image.
-                groups: list[tuple[str, list[bytes]]] = []
-                for name, cap in zip(names, caps):
-                    if groups and groups[-1][0] == name:
-                        groups[-1][1].append(cap)
-                    else:
-                        groups.append((name, [cap]))
-            elif len(caps) == CAPTIONS_PER_IMAGE * len(names):
-                groups = [(name, caps[CAPTIONS_PER_IMAGE * i: CAPTIONS_PER_IMAGE * (i + 1)])
-                          for i, name in enumerate(names)]
-            else:
-                raise ValueError(
-                    f"{self.name}: {caps_path.name} has {len(caps)} lines but "
-                    f"{names_path.name} has {len(names)} (expected equal, or 1 per "
-                    f"{CAPTIONS_PER_IMAGE} captions)"
-                )
-            for name, group in groups:
+            for name, group in self.groups(caps_path, names_path):
                 yield Record(
                     id=f"{self.id_prefix}/{Path(name).stem}",
                     split=split,
@@ -144,7 +164,22 @@ class Precomp(Converter):
                     dates=[[root / name]],
                     captions=[caption_bytes(c) for c in group],
                     problems=[] if name else ["empty filename line"],
+                    caption_key=f"{split}/{name}",
                 )
+
+    def caption_table(self, path: Path) -> CaptionTable:
+        if not path.is_dir():
+            raise NotADirectoryError(f"{self.name}: a precomp translation is a folder of "
+                                     f"{{split}}_caps.txt files, not {path}")
+        table: CaptionTable = {}
+        for split, _, english_names in self.split_files():
+            caps_path = path / f"{split}_caps.txt"
+            if not caps_path.is_file():
+                continue  # its records are quarantined as missing from the translation
+            names_path = path / f"{split}_filename.txt"
+            for name, group in self.groups(caps_path, names_path if names_path.is_file() else english_names):
+                table[f"{split}/{name}"] = ([caption_bytes(c) for c in group], str(caps_path))
+        return table
 
 
 @CONVERTERS.register("rsicd-precomp")

@@ -13,6 +13,12 @@ of single-band tiles gives one band named after the folder (NIR, SWIR, MIR for t
 six-band version), stacked in the order RGB, NIR, SWIR, MIR, then any other folder by
 name. More than four bands are stored as ``.npy``. The released captions have no change
 flag: ``changed`` follows :func:`~rsir.data.converters.base.infer_changed`.
+
+``--translations LANG=PATH``: a folder with the three caption files in that language (or
+one JSON listing every tile), matched by ``filename``. ``_meta/band_stats.json`` holds
+the per-band mean and population std of the training pairs (both dates, the bands in
+row order, integers scaled by their dtype's maximum as the models' input is), which
+``data.normalization: archive`` recipes normalise with.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from pathlib import Path
 
 from rsir.data.converters.base import (
     CONVERTERS,
+    CaptionTable,
     Converter,
     Record,
     caption_bytes,
     infer_changed,
+    karpathy_caption_table,
     load_json_bytes,
 )
 
@@ -39,6 +47,10 @@ CAPTION_FILES = ("Train_Dubai_CC.json", "Validation_Dubai_CC.json", "Test_Dubai_
 class DubaiCCD(Converter):
     name = "dubai-ccd"
     caption_dir = "description_jsontr_te_val"
+    band_stats_split = "train"
+
+    def caption_table(self, path: Path) -> CaptionTable:
+        return karpathy_caption_table(path)
 
     def band_sets(self, root: Path) -> list[str]:
         found = sorted(p.name for p in root.iterdir() if (p / DATES[0]).is_dir())
@@ -68,4 +80,5 @@ class DubaiCCD(Converter):
                     changed=infer_changed(texts) if texts else None,
                     bands=bands,
                     problems=[] if filename else ["annotation has no filename"],
+                    caption_key=filename,
                 )

@@ -10,6 +10,9 @@ Published layout (github.com/Chen-Yang-Liu/LEVIR-CC-Dataset)::
 ``changed`` comes from ``changeflag``. A file without it (the captions rebuilt from the
 released token files carry ``changeflag_inferred`` instead) uses ``changeflag_inferred``,
 and one with neither uses :func:`~rsir.data.converters.base.infer_changed` on the captions.
+
+``--translations LANG=PATH``: a JSON in the same layout (``images[].filename``,
+``sentences[].raw`` in that language).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from typing import Any
 
 from rsir.data.converters.base import (
     CONVERTERS,
+    CaptionTable,
     Converter,
     Record,
     caption_bytes,
     infer_changed,
+    karpathy_caption_table,
     load_json_bytes,
 )
 
@@ -52,6 +57,9 @@ class LevirCC(Converter):
             path = candidates[0]
         return path
 
+    def caption_table(self, path: Path) -> CaptionTable:
+        return karpathy_caption_table(path)
+
     def records(self) -> Iterator[Record]:
         root = self.image_dir or self.src / "images"
         for item in load_json_bytes(self.annotation_path())["images"]:
@@ -67,4 +75,5 @@ class LevirCC(Converter):
                 captions=captions,
                 changed=change_flag(item, captions),
                 problems=[] if filename else ["annotation has no filename"],
+                caption_key=filename,
             )
