@@ -16,37 +16,13 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
+from rsir.data.patterncom import (  # noqa: F401 - the benchmark's rule, re-exported here
+    PATTERNCOM_CLASS_MAPPING,
+    PATTERNCOM_KS,
+    PATTERNCOM_QUERY_CLASS_MERGES,
+    query_texts,
+)
 from rsir.metrics.retrieval import as_numpy, ranking_metrics
-
-# Classes the authors merge before deciding relevance (utils.class_mapping in rscir).
-PATTERNCOM_CLASS_MAPPING: dict[str, str] = {
-    "denseresidential": "residential",
-    "sparseresidential": "residential",
-    "closedroad": "road",
-    "intersection": "road",
-    "bridge": "roadpass",
-    "overpass": "roadpass",
-    "ferryterminal": "pier",
-    "harbor": "pier",
-    "parkingspace": "parking",
-    "parkinglot": "parking",
-}
-
-# Classes the authors merge, per attribute, before forming the query texts (rscir
-# utils.fix_query_attributelabels, which rewrites "<attribute><class>" group labels): a
-# query's texts are the other values of its attribute within its group. Only these
-# attributes merge, and only these pairs; e.g. the colour groups of dense and sparse
-# residential stay apart, although relevance merges them.
-PATTERNCOM_QUERY_CLASS_MERGES: dict[str, dict[str, str]] = {
-    "density": {"denseresidential": "residential", "sparseresidential": "residential"},
-    "shape": {"closedroad": "road", "intersection": "road"},
-    "context": {"bridge": "roadpass", "overpass": "roadpass"},
-    "existence": {"ferryterminal": "pier", "harbor": "pier",
-                  "parkingspace": "parking", "parkinglot": "parking"},
-}
-
-# The authors' P@k / R@k cut-offs on PatternNet (evaluate.py: at = [5, 10, 15, 20]).
-PATTERNCOM_KS: tuple[int, ...] = (5, 10, 15, 20)
 
 DEFAULT_LAMBDAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -137,27 +113,6 @@ def _text_matrix(text_sims: TextSims, texts: list[str], n: int) -> np.ndarray:
     if mat.shape != (len(texts), n):
         raise ValueError(f"text similarities must be [{len(texts)}, {n}], got {mat.shape}")
     return mat
-
-
-def query_texts(
-    attribute: str,
-    classes: Sequence[str],
-    values: Sequence[str | None],
-    query_merges: Mapping[str, Mapping[str, str]] | None = None,
-) -> list[tuple[int, str]]:
-    """``(image index, text)`` of every composed query of one attribute, as the authors'
-    ``evaluate.py`` forms them: image i annotated with value v is a query with each other
-    value of the attribute found in its group "attribute + class", the class merged per
-    attribute by ``query_merges`` (default :data:`PATTERNCOM_QUERY_CLASS_MERGES`). Images
-    in input order, texts sorted (the authors iterate a set: the order is immaterial)."""
-    merges = (PATTERNCOM_QUERY_CLASS_MERGES if query_merges is None else query_merges).get(attribute, {})
-    group = [merges.get(c, c) for c in classes]
-    group_values: dict[str, set[str]] = {}
-    for g, v in zip(group, values):
-        if v is not None:
-            group_values.setdefault(g, set()).add(v)
-    return [(i, text) for i, (g, v) in enumerate(zip(group, values)) if v is not None
-            for text in sorted(group_values[g] - {v})]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ queries as the authors' ``evaluate.py`` forms them: for attribute *a*, every ima
 annotated with *a* is a query image; its query texts are the other values of *a* in its
 group "*a* + class", classes merged per attribute as the authors'
 ``fix_query_attributelabels`` does (``PATTERNCOM_QUERY_CLASS_MERGES``, via
-``rsir.retrieval.composed.query_texts``); the positives of (image, text) are the images
+``rsir.data.patterncom.query_texts``); the positives of (image, text) are the images
 annotated with *a* = text in the same class under the global mapping
 (``PATTERNCOM_CLASS_MAPPING``). ``query_class`` is that globally merged class.
 """
@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from rsir.data.converters.base import CONVERTERS, Converter, Record
-from rsir.retrieval.composed import PATTERNCOM_CLASS_MAPPING, query_texts
+from rsir.data.patterncom import PATTERNCOM_CLASS_MAPPING, query_texts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
