@@ -43,9 +43,9 @@ def test_the_two_recipes_hold_the_papers_lambdas_and_transform() -> None:
     clip = load_config(REPO / "configs" / "patterncom_weicom.yaml")
     remote = load_config(REPO / "configs" / "patterncom_weicom_remoteclip.yaml")
     assert (clip.eval.weicom_lambda, remote.eval.weicom_lambda) == (0.3, 0.6)
-    for cfg in (clip, remote):
-        assert cfg.model.image_tower.options["model_name"] == "ViT-L-14"
-        assert cfg.model.text_tower.options["model_name"] == "ViT-L-14"
+    for cfg in (clip, remote):  # ViT-L/14 (the OpenAI weights' QuickGELU variant allowed)
+        assert cfg.model.image_tower.options["model_name"].startswith("ViT-L-14")
+        assert cfg.model.text_tower.options["model_name"].startswith("ViT-L-14")
         assert (cfg.data.resize, cfg.data.image_size) == ("bicubic_center_crop", 224)
     assert remote.model.image_tower.options["pretrained"] == "/models/RemoteCLIP-ViT-L-14.pt"
 
@@ -147,6 +147,13 @@ def test_serving_a_training_free_recipe_needs_no_checkpoint_and_takes_its_lambda
         load_recipe(ServeConfig())
     with pytest.raises(ValueError, match="a trained checkpoint is needed"):
         load_recipe(ServeConfig(recipe=str(REPO / "configs" / "demo.yaml")))
+    # `rsir serve`'s preflight says the same before anything starts
+    from rsir.serve.preflight import check_serve
+
+    assert check_serve(ServeConfig(recipe=str(tmp_path / "remoteclip.yaml"))).problems == []
+    assert any("a trained checkpoint is needed" in p for p in
+               check_serve(ServeConfig(recipe=str(REPO / "configs" / "demo.yaml"))).problems)
+    assert any("neither 'checkpoint' nor 'recipe'" in p for p in check_serve(ServeConfig()).problems)
 
     png = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png, format="PNG")

@@ -36,8 +36,14 @@ def check_serve(cfg: ServeConfig) -> Check:
                "towers) needs 'recipe'")
         check = Check(cfg.name, "serve", problems=[f"serve {cfg.name}: {why}"])
     else:
+        from rsir.inference import resolve_checkpoint
+
         check = check_recipe(recipe, "serve", checkpoint=cfg.checkpoint, read_shards=False)
         check.recipe = f"{cfg.name} (model recipe {recipe.name})"
+        try:  # no checkpoint: only a training-free recipe runs
+            resolve_checkpoint(recipe, cfg.checkpoint)
+        except ValueError as err:
+            check.problems.append(f"serve {cfg.name}: {err}")
     for target in ("images", "pairs", "captions"):
         root = getattr(cfg.archives, target)
         if root and not (Path(root) / "CURRENT").is_file():
