@@ -73,7 +73,7 @@ def _caption_protocol(val: Any, test: Any, lang: str) -> tuple[dict[str, Any], i
                                     changed), len(visual)
 
 
-NO_CAPTIONS = "skipped: the archive has no captions"
+NO_CAPTIONS = "the archive has no captions"
 
 
 def evaluate(cfg: RecipeConfig, checkpoint: str | None, out: Path) -> dict[str, Any]:
