@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -117,7 +119,7 @@ def test_patternnet_and_composed_queries(tmp_path: Path) -> None:
     expected = load_maker("patternnet").make(tmp_path / "src")
     result = run_conversion(CONVERTERS.build("patternnet", src=tmp_path / "src"), tmp_path / "out")
     assert (result.converted, result.quarantined) == (expected["n_images"], 3)
-    assert result.extra_tables == {"composed_queries": 11}
+    assert result.extra_tables == {"composed_queries": 9}
     assert_reasons(quarantine_reasons(tmp_path / "out"), expected["bad"])
     rows = {r["id"]: r for r in read_table(tmp_path / "out").to_pylist()}
     assert len(rows) == 15 and {r["split"] for r in rows.values()} == {"test"}
@@ -130,9 +132,9 @@ def test_patternnet_and_composed_queries(tmp_path: Path) -> None:
     found = {(q["attribute"], q["query_image"].split("/")[1] + ".jpg", q["text"]):
              [p.split("/")[1] for p in q["positives"]] for q in queries}
     assert found == expected["queries"]
-    q = next(q for q in queries if q["query_image"] == "patternnet/sparseresidential001")
+    q = next(q for q in queries if q["query_image"] == "patternnet/sparseresidential004")
     assert (q["query_class"], q["query_value"], q["query_id"]) == (
-        "residential", "red", "color/patternnet/sparseresidential001/blue")
+        "residential", "sparse", "density/patternnet/sparseresidential004/dense")
 
     # The evaluation's own PATTERNCOM protocol forms the same number of queries per attribute.
     pytest.importorskip("scipy")
@@ -144,7 +146,31 @@ def test_patternnet_and_composed_queries(tmp_path: Path) -> None:
     sims = np.random.default_rng(0).random((len(ids), len(ids)))
     text_sims = {v: np.random.default_rng(1).random(len(ids)) for a in attrs for v in a.values()}
     res = patterncom_eval(ids, classes, attrs, sims, text_sims)
-    assert res["n_queries"] == dict(Counter(q["attribute"] for q in queries)) == {"color": 7, "shape": 4}
+    assert res["n_queries"] == dict(Counter(q["attribute"] for q in queries)) == {"color": 5, "density": 2, "shape": 2}
+
+
+def test_patternnet_reconversion_follows_a_changed_patterncom_csv(tmp_path: Path) -> None:
+    load_maker("patternnet").make(tmp_path / "src")
+    out = tmp_path / "out"
+    run_conversion(CONVERTERS.build("patternnet", src=tmp_path / "src"), out, chunk_size=4)
+    again = run_conversion(CONVERTERS.build("patternnet", src=tmp_path / "src"), out, chunk_size=4)
+    assert again.chunks_written == 0 and again.chunks_skipped == 4  # nothing changed: skipped
+    before = pq.read_table(out / "_meta/composed_queries.parquet").to_pylist()
+
+    csv_path = tmp_path / "src/PatternCom/shape.csv"
+    csv_path.write_text(csv_path.read_text().replace("airplane004.jpg,shape,straight",
+                                                     "airplane004.jpg,shape,swept"))
+    third = run_conversion(CONVERTERS.build("patternnet", src=tmp_path / "src"), out, chunk_size=4)
+    assert third.chunks_skipped == 0 and third.chunks_written == 4  # the CSV is in the fingerprint
+    rows = {r["id"]: r for r in read_table(out).to_pylist()}
+    assert attributes_dict(rows["patternnet/airplane004"]["attributes"]) == {"shape": "swept"}
+    after = pq.read_table(out / "_meta/composed_queries.parquet").to_pylist()
+    # both airplanes are "swept" now: no shape query is left
+    assert {q["attribute"] for q in before} == {"color", "density", "shape"}
+    assert {q["attribute"] for q in after} == {"color", "density"}
+    summary = json.loads((out / "_SUCCESS").read_text())
+    assert summary["options"]["patterncom_sha256"]["shape.csv"] == hashlib.sha256(
+        csv_path.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------

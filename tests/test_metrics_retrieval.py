@@ -130,3 +130,21 @@ def test_average_precision_hand_ties_and_no_positive() -> None:
     assert mean_average_precision(scores, positives) == pytest.approx(100 * (5 / 6 + 1) / 2)
     with pytest.raises(ValueError):
         mean_average_precision(scores[1:2], positives[1:2])
+
+
+def test_ranking_metrics_hand_computed() -> None:
+    from rsir.metrics.retrieval import ranking_metrics
+
+    # Ranking: items 3, 0, 4, 1, 2 (scores descending); positives {0, 1, 2}: hits at 2, 4, 5.
+    scores = np.array([[0.8, 0.4, 0.1, 0.9, 0.5]])
+    positives = np.array([[True, True, True, False, False]])
+    m = ranking_metrics(scores, positives, ks=(1, 2, 4))
+    assert m["AP"][0] == pytest.approx((1 / 2 + 2 / 4 + 3 / 5) / 3)
+    assert [m[f"P@{k}"][0] for k in (1, 2, 4)] == pytest.approx([0.0, 1 / 2, 2 / 4])
+    # R@k divides by every positive of the query (3), not by min(k, 3)
+    assert [m[f"R@{k}"][0] for k in (1, 2, 4)] == pytest.approx([0.0, 1 / 3, 2 / 3])
+    # k beyond the archive: all hits, still divided by k
+    assert ranking_metrics(scores, positives, ks=(10,))["P@10"][0] == pytest.approx(0.3)
+    # a tie is pessimistic: the non-positive tied with item 0 is ranked first
+    tied = ranking_metrics(np.array([[0.5, 0.5, 0.1]]), np.array([[True, False, False]]), ks=(1,))
+    assert tied["P@1"][0] == 0.0 and tied["AP"][0] == pytest.approx(0.5)

@@ -81,6 +81,11 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     image_size: int = 64
+    # How an image becomes image_size x image_size: ``bilinear`` (stretched, antialiased)
+    # or ``bicubic_center_crop`` (open_clip's evaluation transform: the shorter side to
+    # image_size, bicubic, then the centre crop), the one pretrained open_clip towers expect
+    # (with their own mean/std, checked against this section at model load).
+    resize: Literal["bilinear", "bicubic_center_crop"] = "bilinear"
     bands: list[str] = field(default_factory=lambda: ["R", "G", "B"])
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
@@ -166,6 +171,9 @@ class EvalConfig:
     # papers' numbers; needs Java, else `nltk` with a warning) or `nltk` (NLTK BLEU/METEOR,
     # rouge-score ROUGE-L). The report names the one that ran.
     caption_metrics: Literal["coco", "nltk"] = "coco"
+    # WEICOM's λ (text weight) of this recipe: the report's headline and serving's default
+    # for a composed query without "lambda" (the paper: 0.3 with CLIP, 0.6 with RemoteCLIP).
+    weicom_lambda: float = 0.5
 
 
 @dataclass(frozen=True)

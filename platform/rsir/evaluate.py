@@ -5,6 +5,7 @@ archive, and score it with the papers' protocols into a report directory.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,24 @@ from rsir.preflight import check_recipe, start_job
 log = logging.getLogger(__name__)
 
 
-def _checkpoint(cfg: RecipeConfig, given: str | None) -> str:
-    path = given or cfg.model.checkpoint
-    if not path or not Path(path).is_file():
-        raise SystemExit(f"a trained checkpoint is needed: --checkpoint FILE (got {path!r})")
-    return path
+def _checkpoint(cfg: RecipeConfig, given: str | None) -> str | None:
+    """The checkpoint to load, or None for a training-free recipe (its pretrained towers)."""
+    from rsir.inference import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(cfg, given)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+
+def _conversion_summary(shards: str) -> dict[str, Any] | None:
+    """The converter's ``_SUCCESS`` summary of the shards (its options carry, e.g., the
+    PATTERNCOM CSVs' sha256), when the shards come from ``rsir convert``."""
+    path = Path(shards) / "_SUCCESS"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _split_meta(cfg: RecipeConfig, split: str, ids: list[str]) -> dict[str, list[Any]]:
@@ -60,11 +74,16 @@ def _caption_protocol(val: Any, test: Any, lang: str, backend: str) -> tuple[dic
                                     changed, backend=backend), len(visual)
 
 
-def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
+NO_CAPTIONS = "the archive has no captions"
+
+
+def evaluate(cfg: RecipeConfig, checkpoint: str | None, out: Path) -> dict[str, Any]:
     """Embed the test split (archive published under ``out/archive``), score it, and write
-    ``report.json``, ``report.md``, plots and ``gallery.html`` into ``out``."""
+    ``report.json``, ``report.md``, plots and ``gallery.html`` into ``out``. ``checkpoint``
+    None: a training-free recipe. Without captions (PatternNet) every caption section is
+    skipped, with a note in ``report["skipped"]``."""
     from rsir import report as rep
-    from rsir.inference import embed_splits, load_trained, publish_split
+    from rsir.inference import embed_splits, load_trained, publish_split, weights_manifest
     from rsir.metrics.retrieval import cross_modal_recall
     from rsir.retrieval.embed import embed_texts
 
@@ -79,28 +98,45 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
     main_lang = cfg.data.languages[0] if cfg.data.language == "random" else cfg.data.language
     vectors, owner, texts = emb.in_language(main_lang)
     sim = emb.visual @ vectors.T
-    rerank = ({"k": cfg.eval.rerank_k, "w_c1": cfg.eval.w_c1, "w_c2": cfg.eval.w_c2}
-              if cfg.eval.rerank else None)
-    report: dict[str, Any] = {"name": cfg.name, "split": split, "checkpoint": checkpoint,
-                              "task": cfg.data.task, "language": main_lang,
-                              "recall": rep.recall_section(sim, owner, cfg.eval.ks, rerank)}
-    report["per_language"] = {}
-    for lang in cfg.data.languages:  # exactly the declared ones (preflight: all present)
-        lang_vectors, lang_owner, _ = emb.in_language(lang)
-        report["per_language"][lang] = cross_modal_recall(emb.visual @ lang_vectors.T, lang_owner,
-                                                          ks=cfg.eval.ks)
-    if cfg.data.task == "pair":
+    report: dict[str, Any] = {"name": cfg.name, "split": split, "task": cfg.data.task,
+                              "language": main_lang, "model": model_description(cfg),
+                              **weights_manifest(cfg, checkpoint), "skipped": {}}
+    conversion = _conversion_summary(cfg.data.shards)
+    if conversion is not None:
+        report["conversion"] = conversion
+    if len(texts):
+        rerank = ({"k": cfg.eval.rerank_k, "w_c1": cfg.eval.w_c1, "w_c2": cfg.eval.w_c2}
+                  if cfg.eval.rerank else None)
+        report["recall"] = rep.recall_section(sim, owner, cfg.eval.ks, rerank)
+    else:
+        report["skipped"]["recall"] = f"{NO_CAPTIONS} in language {main_lang!r}"
+    if emb.langs:
+        report["per_language"] = {}
+        for lang in cfg.data.languages:  # exactly the declared ones (preflight: all present)
+            lang_vectors, lang_owner, _ = emb.in_language(lang)
+            report["per_language"][lang] = cross_modal_recall(emb.visual @ lang_vectors.T,
+                                                              lang_owner, ks=cfg.eval.ks)
+    else:
+        report["skipped"]["per_language"] = NO_CAPTIONS
+    if cfg.data.task == "pair" and len(texts):
         changed = np.array(emb.changed, bool)
         report["recall_change_queries"] = cross_modal_recall(sim, owner, ks=cfg.eval.ks,
                                                              query_images=changed)
         if protocol:
             report["captions"], report["caption_protocol_pairs"] = _caption_protocol(
                 embedded[cfg.data.val_split], emb, main_lang, cfg.eval.caption_metrics)
+    elif cfg.data.task == "pair":
+        report["skipped"]["recall_change_queries"] = NO_CAPTIONS
+        if protocol:
+            report["skipped"]["captions"] = NO_CAPTIONS
     elif any(meta["attributes"]):
         _, model = load_trained(to_dict(cfg), checkpoint)
         report["composed"] = rep.composed_section(
             emb.ids, meta["class_name"], meta["attributes"], emb.visual,
-            lambda ts: embed_texts(model, ts))
+            lambda ts: embed_texts(model, ts), cfg.eval.weicom_lambda)
+    if not len(texts):
+        report["skipped"]["gallery_captions"] = NO_CAPTIONS + " (the gallery shows composed queries only)"
+        report["skipped"]["embedding_map_captions"] = NO_CAPTIONS + " (the map shows images only)"
     plot_paths = rep.plots(report, emb.visual, vectors, meta["class_name"], owner, out)
     gallery = rep.gallery(sim, emb.ids, meta["thumbs"], texts, owner,
                           title="pairs" if cfg.data.task == "pair" else "images",
@@ -110,6 +146,31 @@ def evaluate(cfg: RecipeConfig, checkpoint: str, out: Path) -> dict[str, Any]:
     return report
 
 
+def model_description(cfg: RecipeConfig) -> str:
+    """The architecture and what it reads, as the report states it (a GaLR run without its
+    local branch says so: it is the paper's ablation, not GaLR)."""
+    from rsir.models import input_contract
+
+    name = cfg.model.name
+    if name == "galr":
+        name = ("GaLR, global branch only (model.options.local_branch: false; no objects read)"
+                if not cfg.model.options.get("local_branch", True) else
+                "GaLR: global branch + local branch (GCN over the rows' objects), MIDF fusion")
+    return f"{name}; {input_contract(cfg).describe()}"
+
+
+def headline(report: dict[str, Any]) -> str:
+    """One line of the report's main numbers, for the command line."""
+    parts = []
+    if "recall" in report:
+        rec = report["recall"]
+        parts.append(f"mR {rec['plain']['mR']:.2f} (chance {rec['chance']['mR']:.2f})")
+    if "composed" in report:
+        comp = report["composed"]
+        parts.append(f"WEICOM mAP {comp['weicom']['mAP']:.2f} at λ = {comp['lambda']:g}")
+    return ", ".join(parts) or "no caption and no composed query to score"
+
+
 def evaluate_main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     checkpoint = _checkpoint(cfg, args.checkpoint)
@@ -117,8 +178,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
               cfg.scaling.resource_timeout_s)
     out = Path(args.out or Path(cfg.train.run_dir) / cfg.name / "report")
     report = evaluate(cfg, checkpoint, out)
-    print(f"{cfg.name}: mR {report['recall']['plain']['mR']:.2f} "
-          f"(chance {report['recall']['chance']['mR']:.2f}); report in {out}")
+    print(f"{cfg.name}: {headline(report)}; report in {out}")
     return 0
 
 

@@ -7,6 +7,7 @@ vectors and publishes them with ``rsir.retrieval.archive``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +20,76 @@ from rsir.data.pipeline import read_split
 from rsir.data.transforms import explode_captions, preprocess_batch
 from rsir.retrieval.archive import file_sha256, publish_archive
 
+log = logging.getLogger(__name__)
 
-def load_trained(recipe: dict[str, Any], checkpoint: str):
-    """The recipe's model with the checkpoint's weights, in eval mode."""
+
+def pretrained_weights(cfg: RecipeConfig) -> dict[str, str] | None:
+    """The towers' pretrained weights (tower -> open_clip tag or local file) when the recipe
+    is training-free: a single-image dual encoder whose two towers both name ``pretrained``
+    weights and whose head is ``identity`` (no randomly initialised layer between a tower
+    and the embedding: WEICOM on CLIP / RemoteCLIP). None otherwise."""
+    m = cfg.model
+    weights = {"image_tower": m.image_tower.options.get("pretrained"),
+               "text_tower": m.text_tower.options.get("pretrained")}
+    if (m.name == "dual_encoder" and m.head == "identity" and cfg.data.task == "single"
+            and all(weights.values())):
+        return {k: str(v) for k, v in weights.items()}
+    return None
+
+
+def resolve_checkpoint(cfg: RecipeConfig, given: str | None) -> str | None:
+    """The trained checkpoint to load (``given``, else ``model.checkpoint``), or None for a
+    training-free recipe (:func:`pretrained_weights`). Raises ``ValueError`` naming what is
+    missing when there is neither."""
+    path = given or cfg.model.checkpoint
+    if path:
+        if not Path(path).is_file():
+            raise ValueError(f"checkpoint {path!r}: no such file")
+        return str(path)
+    if pretrained_weights(cfg) is None:
+        m = cfg.model
+        raise ValueError(
+            f"recipe {cfg.name!r}: a trained checkpoint is needed (--checkpoint FILE or "
+            f"model.checkpoint): it runs without one only when both towers name pretrained "
+            f"weights (model.*_tower.options.pretrained: an open_clip tag or a local file), "
+            f"the head is identity and the task single; here image_tower.pretrained="
+            f"{m.image_tower.options.get('pretrained')!r}, text_tower.pretrained="
+            f"{m.text_tower.options.get('pretrained')!r}, head={m.head!r}, task={cfg.data.task!r}")
+    return None
+
+
+def weights_manifest(cfg: RecipeConfig, checkpoint: str | None) -> dict[str, Any]:
+    """Which weights embedded an archive: the checkpoint and its sha256, or each tower's
+    pretrained tag / file (with the file's sha256)."""
+    if checkpoint:
+        return {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint)}
+    towers = {}
+    for tower, source in (pretrained_weights(cfg) or {}).items():
+        local = Path(source).is_file()
+        towers[tower] = {"pretrained": source, "sha256": file_sha256(source) if local else None}
+    return {"checkpoint": None, "checkpoint_sha256": None, "pretrained": towers}
+
+
+def load_trained(recipe: dict[str, Any], checkpoint: str | None):
+    """The recipe's model with the checkpoint's weights (None: a training-free recipe, its
+    towers' pretrained weights as built; see :func:`resolve_checkpoint`), in eval mode."""
     import torch
 
-    from rsir.models import create_model, load_weights
+    from rsir.models import create_model, load_weights, preprocessing_mismatches
 
     torch.set_num_threads(1)
     cfg = from_dict(RecipeConfig, recipe, "recipe")
+    checkpoint = resolve_checkpoint(cfg, checkpoint)
     model = create_model(cfg.model, cfg.loss)
-    load_weights(model, checkpoint)
+    mismatches = preprocessing_mismatches(model, cfg.data)
+    if checkpoint:
+        load_weights(model, checkpoint)
+        if mismatches:  # fine-tuned: the recipe's own preprocessing may be deliberate
+            log.warning("recipe %s: preprocessing differs from its pretrained image tower's: %s",
+                        cfg.name, "; ".join(mismatches))
+    elif mismatches:  # the pretrained towers as they are: only their own transform is right
+        raise ValueError(f"recipe {cfg.name!r} runs pretrained towers without a checkpoint, so "
+                         f"it must preprocess as they expect: {'; '.join(mismatches)}")
     device = "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu"
     return cfg, model.to(device).eval()
 
@@ -42,7 +102,7 @@ class SplitEmbedder:
     ``kind`` (``visual`` or ``caption``), ``text``, ``lang``, ``changed``, ``embedding``.
     """
 
-    def __init__(self, recipe: dict[str, Any], checkpoint: str, language: str | None) -> None:
+    def __init__(self, recipe: dict[str, Any], checkpoint: str | None, language: str | None) -> None:
         from rsir.models import input_contract
         from rsir.retrieval.embed import embed_texts
 
@@ -100,7 +160,7 @@ def _actor_kwargs(cfg: RecipeConfig, concurrency: int) -> dict[str, Any]:
 
 
 def embed_splits(
-    cfg: RecipeConfig, checkpoint: str, splits: Sequence[str], language: str | None = "en",
+    cfg: RecipeConfig, checkpoint: str | None, splits: Sequence[str], language: str | None = "en",
     concurrency: int = 2, batch_size: int = 128,
 ) -> dict[str, SplitEmbeddings]:
     """Embed every image (or pair) of each split and every caption of ``language`` (all
@@ -143,16 +203,18 @@ def _split_embeddings(rows: dict[str, tuple[np.ndarray, bool | None]],
     )
 
 
-def embed_split(cfg: RecipeConfig, checkpoint: str, split: str, language: str | None = "en",
+def embed_split(cfg: RecipeConfig, checkpoint: str | None, split: str, language: str | None = "en",
                 **kwargs: Any) -> SplitEmbeddings:
     """:func:`embed_splits` of one split."""
     return embed_splits(cfg, checkpoint, [split], language, **kwargs)[split]
 
 
-def publish_split(emb: SplitEmbeddings, cfg: RecipeConfig, checkpoint: str, root: str | Path) -> dict[str, str]:
-    """Publish the split's visual and caption archives under ``root/{visual,captions}``."""
-    manifest = {"model": cfg.model.name, "recipe": to_dict(cfg), "checkpoint": str(checkpoint),
-                "checkpoint_sha256": file_sha256(checkpoint), "task": cfg.data.task}
+def publish_split(emb: SplitEmbeddings, cfg: RecipeConfig, checkpoint: str | None,
+                  root: str | Path) -> dict[str, str]:
+    """Publish the split's visual and caption archives under ``root/{visual,captions}``;
+    the manifest names the weights (:func:`weights_manifest`)."""
+    manifest = {"model": cfg.model.name, "recipe": to_dict(cfg), "task": cfg.data.task,
+                **weights_manifest(cfg, checkpoint)}
     root = Path(root)
     return {
         "visual": publish_archive(root / "visual", emb.ids, emb.visual,

@@ -9,6 +9,7 @@ looks like a change.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,18 +78,51 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
+FULL_CROP = (0.0, 0.0, 1.0, 1.0)
+
+
+def _crop_slices(h: int, w: int, crop: tuple[float, float, float, float]) -> tuple[slice, slice]:
+    top, left, ch, cw = crop
+    y0, x0 = int(round(top * h)), int(round(left * w))
+    return slice(y0, y0 + max(1, int(round(ch * h)))), slice(x0, x0 + max(1, int(round(cw * w))))
+
+
+def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """open_clip's evaluation resize of an ``[H, W, C]`` image: the shorter side to
+    ``size`` with PIL's bicubic filter, then the centre ``size`` x ``size`` crop, with
+    torchvision's ``Resize(size)`` / ``CenterCrop(size)`` rounding on a PIL image. 8-bit
+    RGB or grey images are resized as one PIL image (rounded to 8 bits, as open_clip's
+    transform does); other images band by band in float (integers scaled to [0, 1])."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    short, long = (h, w) if h <= w else (w, h)
+    new_long = int(size * long / short)
+    new_w, new_h = (new_long, size) if h <= w else (size, new_long)
+    if image.dtype == np.uint8 and image.shape[2] in (1, 3):
+        pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+        out = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BICUBIC))
+        out = out[:, :, None] if out.ndim == 2 else out
+    else:
+        if np.issubdtype(image.dtype, np.integer):
+            image = image.astype(np.float32) / float(np.iinfo(image.dtype).max)
+        out = np.stack([np.asarray(Image.fromarray(image[:, :, c].astype(np.float32), mode="F")
+                                   .resize((new_w, new_h), Image.Resampling.BICUBIC))
+                        for c in range(image.shape[2])], axis=-1)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return out[top: top + size, left: left + size]
+
+
 def apply_augment(x: torch.Tensor, aug: Augment | None, size: int) -> torch.Tensor:
     """Rotate and crop (or not), resize to ``size``, flip and jitter one ``[C, H, W]`` image."""
-    if aug is not None:
-        if aug.rotation:
-            from torchvision.transforms.functional import InterpolationMode, rotate
+    if aug is not None and aug.rotation:
+        from torchvision.transforms.functional import InterpolationMode, rotate
 
-            # as torchvision's RandomRotation on the authors' PIL images: nearest, black corners
-            x = rotate(x, aug.rotation, interpolation=InterpolationMode.NEAREST, fill=0.0)
-        _, h, w = x.shape
-        top, left, ch, cw = aug.crop
-        y0, x0 = int(round(top * h)), int(round(left * w))
-        x = x[:, y0: y0 + max(1, int(round(ch * h))), x0: x0 + max(1, int(round(cw * w)))]
+        # as torchvision's RandomRotation on the authors' PIL images: nearest, black corners
+        x = rotate(x, aug.rotation, interpolation=InterpolationMode.NEAREST, fill=0.0)
+    if aug is not None and aug.crop != FULL_CROP:
+        rows, cols = _crop_slices(x.shape[1], x.shape[2], aug.crop)
+        x = x[:, rows, cols]
     if x.shape[1:] != (size, size):
         x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True,
                           align_corners=False)[0]
@@ -134,8 +168,13 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
 def prepare_image(
     data: bytes, row_bands: Sequence[str] | None, cfg: DataConfig, aug: Augment | None
 ) -> torch.Tensor:
-    """Bytes -> normalised ``[C, size, size]`` tensor."""
+    """Bytes -> normalised ``[C, size, size]`` tensor, resized as ``cfg.resize`` says."""
     image = select_bands(decode_image(data), row_bands, cfg.bands)
+    if cfg.resize == "bicubic_center_crop":
+        if aug is not None:  # the random crop first, then open_clip's resize of it
+            rows, cols = _crop_slices(image.shape[0], image.shape[1], aug.crop)
+            image, aug = image[rows, cols], dataclasses.replace(aug, crop=FULL_CROP)
+        image = resize_center_crop(image, cfg.image_size)
     x = apply_augment(to_tensor(image), aug, cfg.image_size)
     return normalize(x, cfg.mean, cfg.std)
 

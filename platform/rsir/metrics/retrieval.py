@@ -1,4 +1,4 @@
-"""Retrieval metrics: cross-modal R@K / mR, their chance level, and AP / mAP.
+"""Retrieval metrics: cross-modal R@K / mR, their chance level, AP / mAP and P@k / R@k.
 
 Ties never depend on sort stability or archive order. ``i2t_ranks`` / ``t2i_ranks`` and
 AP resolve them pessimistically (an item scoring exactly as high as a relevant one is
@@ -162,13 +162,9 @@ def chance_recall(
     return {"i2t": i2t, "t2i": t2i, "mR": m_r}
 
 
-def average_precision(scores: Any, positives: Any) -> np.ndarray | float:
-    """AP in [0, 1] over the full ranking of ``scores`` (``[N]`` or ``[Q, N]``).
-
-    AP = mean over positives of precision at the positive's rank. Ties are pessimistic:
-    within equal scores, non-positives are ranked first. A query without any positive
-    gets NaN (undefined), which :func:`mean_average_precision` leaves out of the mean.
-    """
+def _ranked_relevance(scores: Any, positives: Any) -> tuple[np.ndarray, bool]:
+    """``[Q, N]`` relevance of the ranked items (pessimistic ties), and whether the input
+    was one query ``[N]``."""
     scores = as_numpy(scores).astype(np.float64, copy=False)
     positives = as_numpy(positives).astype(bool, copy=False)
     if scores.shape != positives.shape:
@@ -178,13 +174,48 @@ def average_precision(scores: Any, positives: Any) -> np.ndarray | float:
     pos2 = np.atleast_2d(positives)
     # lexsort: last key is primary (descending score); then False before True.
     order = np.lexsort((pos2, -scores2), axis=-1)
-    rel = np.take_along_axis(pos2, order, axis=-1)
+    return np.take_along_axis(pos2, order, axis=-1), squeeze
+
+
+def _average_precision_ranked(rel: np.ndarray) -> np.ndarray:
     hits = np.cumsum(rel, axis=-1)
     precision = hits / np.arange(1, rel.shape[-1] + 1)
     n_pos = rel.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ap = np.where(n_pos > 0, (precision * rel).sum(axis=-1) / n_pos, np.nan)
+        return np.where(n_pos > 0, (precision * rel).sum(axis=-1) / n_pos, np.nan)
+
+
+def average_precision(scores: Any, positives: Any) -> np.ndarray | float:
+    """AP in [0, 1] over the full ranking of ``scores`` (``[N]`` or ``[Q, N]``).
+
+    AP = mean over positives of precision at the positive's rank. Ties are pessimistic:
+    within equal scores, non-positives are ranked first. A query without any positive
+    gets NaN (undefined), which :func:`mean_average_precision` leaves out of the mean.
+    """
+    rel, squeeze = _ranked_relevance(scores, positives)
+    ap = _average_precision_ranked(rel)
     return float(ap[0]) if squeeze else ap
+
+
+def ranking_metrics(scores: Any, positives: Any, ks: Sequence[int] = (5, 10, 15, 20)
+                    ) -> dict[str, np.ndarray]:
+    """Per query (rows of ``[Q, N]``), in [0, 1]: ``AP`` and, for each k, ``P@k`` = hits in
+    the top k / k and ``R@k`` = hits in the top k / all positives of the query (the
+    definitions of the PATTERNCOM authors' ``metrics_calc``, over the full ranking). Ties
+    pessimistic as :func:`average_precision`; a query with no positive gets NaN AP and
+    R@k (P@k stays 0)."""
+    rel, _ = _ranked_relevance(np.atleast_2d(as_numpy(scores)), np.atleast_2d(as_numpy(positives)))
+    out = {"AP": _average_precision_ranked(rel)}
+    hits = np.cumsum(rel, axis=-1)
+    n_pos = hits[:, -1] if rel.shape[-1] else np.zeros(len(rel), np.int64)
+    for k in ks:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        at_k = hits[:, min(k, rel.shape[-1]) - 1] if rel.shape[-1] else np.zeros(len(rel))
+        out[f"P@{k}"] = at_k / k
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"R@{k}"] = np.where(n_pos > 0, at_k / np.maximum(n_pos, 1), np.nan)
+    return out
 
 
 def mean_average_precision(scores: Any, positives: Any) -> float:

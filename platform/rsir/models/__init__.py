@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rsir.config import LossConfig, ModelConfig, RecipeConfig
+from rsir.config import DataConfig, LossConfig, ModelConfig, RecipeConfig
 from rsir.data.contract import InputContract
 
 # Importing the modules registers their classes.
@@ -65,6 +65,30 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> lis
     log.info("initialised %d of %d tensors from %s (%d left as built)", len(matching), len(own),
              path, len(kept))
     return kept
+
+
+def preprocessing_mismatches(model: nn.Module, data: DataConfig) -> list[str]:
+    """How ``data`` differs from the evaluation transform of the model's pretrained
+    open_clip image tower (``data.resize``, ``data.image_size``, and ``data.mean`` /
+    ``data.std`` for an RGB tower); empty when it agrees or there is no such tower."""
+    tower = getattr(model, "image_tower", None)
+    want = getattr(tower, "eval_transform", None)
+    if not want or not getattr(tower, "pretrained", None):
+        return []
+    out = []
+    resize = "bicubic_center_crop" if (want.get("interpolation"), want.get("resize_mode")) == (
+        "bicubic", "shortest") else None
+    if resize and data.resize != resize:
+        out.append(f"data.resize is {data.resize!r}, the tower's transform is {resize!r}")
+    size = tuple(want.get("size", ()))
+    if size and size != (data.image_size, data.image_size):
+        out.append(f"data.image_size is {data.image_size}, the tower takes {size}")
+    if len(data.bands) == 3:
+        for key in ("mean", "std"):
+            given, own = list(getattr(data, key)), [float(v) for v in want.get(key, ())]
+            if own and (len(given) != 3 or max(abs(a - b) for a, b in zip(given, own)) > 1e-6):
+                out.append(f"data.{key} is {given}, the tower's is {own}")
+    return out
 
 
 def list_models() -> dict[str, list[str]]:

@@ -1,7 +1,9 @@
 """open_clip encoder towers: any open_clip model name, rsir's own small configs included.
 
 Weights come from an open_clip pretrained tag (the cluster downloads them), a local
-checkpoint file, or nowhere (random init). The image tower returns both the global
+file, or nowhere (random init). A local file is open_clip's ``load_checkpoint``: a bare
+state dict of the whole open_clip model (the RemoteCLIP releases) or one under
+``state_dict``. The image tower returns both the global
 feature and the patch tokens (TFF needs the tokens); the text tower returns one vector.
 
 Pooling (``pool``): ``tok`` / ``argmax`` is CLIP's own (the class token for images, the
@@ -87,6 +89,10 @@ class OpenClipImageTower(nn.Module):
         if pool not in ("tok", "gap"):
             raise ValueError(f"image tower pool {pool!r}: expected 'tok' or 'gap'")
         clip = create_open_clip(model_name, pretrained)
+        self.pretrained = pretrained
+        # open_clip's evaluation transform of this model (size, mean, std, interpolation,
+        # resize_mode), the preprocessing its pretrained weights expect.
+        self.eval_transform = dict(_open_clip().get_model_preprocess_cfg(clip))
         self.visual = clip.visual
         self.visual.output_tokens = True
         if pool == "gap":

@@ -16,21 +16,13 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
-from rsir.metrics.retrieval import as_numpy, average_precision
-
-# Classes the authors merge before deciding relevance (utils.class_mapping in rscir).
-PATTERNCOM_CLASS_MAPPING: dict[str, str] = {
-    "denseresidential": "residential",
-    "sparseresidential": "residential",
-    "closedroad": "road",
-    "intersection": "road",
-    "bridge": "roadpass",
-    "overpass": "roadpass",
-    "ferryterminal": "pier",
-    "harbor": "pier",
-    "parkingspace": "parking",
-    "parkinglot": "parking",
-}
+from rsir.data.patterncom import (  # noqa: F401 - the benchmark's rule, re-exported here
+    PATTERNCOM_CLASS_MAPPING,
+    PATTERNCOM_KS,
+    PATTERNCOM_QUERY_CLASS_MERGES,
+    query_texts,
+)
+from rsir.metrics.retrieval import as_numpy, ranking_metrics
 
 DEFAULT_LAMBDAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -136,6 +128,10 @@ class AttributeQueries:
     text_sims: np.ndarray  # [len(values), N]
 
 
+def _mean(per_attribute: Mapping[str, float]) -> float:
+    return float(np.mean(list(per_attribute.values())))
+
+
 @dataclass(frozen=True)
 class ComposedQueries:
     """Every PATTERNCOM query of an archive, resolved once (:func:`composed_queries`);
@@ -151,28 +147,36 @@ class ComposedQueries:
         return replace(self, attributes=[replace(a, text_sims=fn(a.text_sims)) for a in self.attributes])
 
     def evaluate(self, image_sims: Any, method: str = "weicom", lam: float = 0.5,
-                 batch_size: int = 256) -> dict[str, Any]:
-        """mAP (percent) per attribute and overall; see :func:`patterncom_eval`. An unknown
-        ``method`` is the ``KeyError`` of :func:`composed_scores`."""
+                 batch_size: int = 256, ks: Sequence[int] = PATTERNCOM_KS) -> dict[str, Any]:
+        """mAP, P@k and R@k (percent) per attribute and overall; see :func:`patterncom_eval`.
+        An unknown ``method`` is the ``KeyError`` of :func:`composed_scores`."""
         per_attribute: dict[str, float] = {}
+        at_k: dict[str, dict[str, float]] = {}
         n_queries: dict[str, int] = {}
         records: list[tuple[str, str, str, float]] = []
         cc = self.class_code
         for a in self.attributes:
-            aps = np.empty(len(a.q_idx))
+            sums = {name: np.empty(len(a.q_idx)) for name in
+                    ["AP", *(f"{m}@{k}" for m in ("P", "R") for k in ks)]}
             for start in range(0, len(a.q_idx), batch_size):  # batches of queries, vectorised inside
                 qb, vb = a.q_idx[start:start + batch_size], a.v_idx[start:start + batch_size]
                 img = as_numpy(image_sims[qb]).astype(np.float64, copy=False)
                 scores = composed_scores(method, img, a.text_sims[vb], lam)
                 positives = (cc[None, :] == cc[qb, None]) & (a.value_code[None, :] == vb[:, None])
-                aps[start:start + batch_size] = average_precision(scores, positives)
+                for name, values in ranking_metrics(scores, positives, ks).items():
+                    sums[name][start:start + batch_size] = values
+            aps = sums.pop("AP")
             per_attribute[a.name] = float(100.0 * np.mean(aps))
+            at_k[a.name] = {name: float(100.0 * np.mean(v)) for name, v in sums.items()}
             n_queries[a.name] = len(aps)
             records.extend((self.ids[i], a.name, a.values[v], float(ap))
                            for i, v, ap in zip(a.q_idx, a.v_idx, aps))
+        names = [f"{m}@{k}" for m in ("P", "R") for k in ks]
         return {
             "per_attribute": per_attribute,
-            "mAP": float(np.mean(list(per_attribute.values()))),
+            "mAP": _mean(per_attribute),
+            "at_k": at_k,
+            "at_k_mean": {name: _mean({a: v[name] for a, v in at_k.items()}) for name in names},
             "n_queries": n_queries,
             "queries": records,
         }
@@ -184,6 +188,7 @@ def composed_queries(
     attributes: Sequence[Mapping[str, str]],
     text_sims: TextSims,
     class_mapping: Mapping[str, str] | None = None,
+    query_merges: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ComposedQueries:
     """The PATTERNCOM queries of an archive as in the authors' code (see
     :func:`patterncom_eval`), with each query text's similarities resolved."""
@@ -198,22 +203,16 @@ def composed_queries(
     out: list[AttributeQueries] = []
     for attr in sorted({a for attrs in attributes for a in attrs}):
         value = [attrs.get(attr) for attrs in attributes]
-        annotated = np.flatnonzero([v is not None for v in value])
         values = sorted({v for v in value if v is not None})
         code_of = {v: c for c, v in enumerate(values)}
         value_code = np.array([code_of.get(v, -1) for v in value])
-        # Values of this attribute present in each merged class.
-        class_values: dict[int, set[int]] = {}
-        for i in annotated:
-            class_values.setdefault(int(class_code[i]), set()).add(int(value_code[i]))
-        pairs = [(i, v) for i in annotated
-                 for v in sorted(class_values[int(class_code[i])] - {int(value_code[i])})]
+        pairs = [(i, code_of[text]) for i, text in query_texts(attr, classes, value, query_merges)]
         if pairs:
             q_idx, v_idx = (np.array(x) for x in zip(*pairs))
             out.append(AttributeQueries(attr, values, value_code, q_idx, v_idx,
                                         _text_matrix(text_sims, values, n)))
     if not out:
-        raise ValueError("no composed query: no merged class has two values of an attribute")
+        raise ValueError("no composed query: no class group has two values of an attribute")
     return ComposedQueries(list(ids), class_code, out)
 
 
@@ -227,8 +226,9 @@ def patterncom_eval(
     lam: float = 0.5,
     class_mapping: Mapping[str, str] | None = None,
     batch_size: int = 256,
+    query_merges: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """mAP (percent) per attribute and overall on a PATTERNCOM-style benchmark.
+    """mAP, P@k and R@k (percent) per attribute and overall on a PATTERNCOM-style benchmark.
 
     Archive of N images: ``ids[i]``, ``classes[i]``, ``attributes[i]`` (attribute name ->
     value, only for the attributes annotated on that image), ``image_sims`` ``[N, N]``
@@ -237,18 +237,21 @@ def patterncom_eval(
     ``texts -> [len(texts), N]`` or a mapping ``text -> [N]``.
 
     As in the authors' code: for attribute a, every image annotated with a is a query;
-    its query texts are the other values of a among images of its (merged) class; a
-    retrieved image is relevant when it is annotated with a, has the same merged class
-    and that value. The query image stays in the ranking (it is never relevant). AP is
-    over the full ranking, averaged over all (image, text) queries of an attribute, then
-    over attributes. By construction every query has >= 1 positive.
+    its query texts are the other values of a in its group "a + class", classes merged
+    per attribute by ``query_merges`` (:func:`query_texts`); a retrieved image is relevant
+    when it is annotated with a, has the same class under the global ``class_mapping``
+    (default :data:`PATTERNCOM_CLASS_MAPPING`) and that value. The query image stays in
+    the ranking (it is never relevant). AP, P@k and R@k (k of :data:`PATTERNCOM_KS`; R@k
+    over all the query's positives) are over the full ranking, averaged over all (image,
+    text) queries of an attribute, then over attributes. Every query has >= 1 positive
+    (the image whose value is its text).
 
-    Returns ``{"per_attribute": {a: mAP}, "mAP": mean, "n_queries": {a: n},
-    "queries": [(id, attribute, text, AP), ...]}``.
+    Returns ``{"per_attribute": {a: mAP}, "mAP": mean, "at_k": {a: {"P@5": ..}},
+    "at_k_mean": {"P@5": ..}, "n_queries": {a: n}, "queries": [(id, attribute, text, AP)]}``.
     """
     if method not in SCORERS:
         raise KeyError(f"unknown composed scoring method {method!r}; valid: {sorted(SCORERS)}")
-    queries = composed_queries(ids, classes, attributes, text_sims, class_mapping)
+    queries = composed_queries(ids, classes, attributes, text_sims, class_mapping, query_merges)
     return queries.evaluate(image_sims, method, lam, batch_size)
 
 
@@ -268,6 +271,6 @@ def lambda_sweep(
     queries = composed_queries(ids, classes, attributes, text_sims, class_mapping)
     table: dict[float, dict[str, float]] = {}
     for lam in lams:
-        res = queries.evaluate(image_sims, "weicom", lam)
+        res = queries.evaluate(image_sims, "weicom", lam, ks=())
         table[float(lam)] = {**res["per_attribute"], "avg": res["mAP"]}
     return table

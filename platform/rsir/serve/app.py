@@ -55,7 +55,7 @@ class _ForwardThread:
 class ImageEncoder:
     """Images or pairs (bytes) -> L2-normalised vectors, batched across requests."""
 
-    def __init__(self, recipe: dict[str, Any], checkpoint: str, max_batch_size: int = 32,
+    def __init__(self, recipe: dict[str, Any], checkpoint: str | None, max_batch_size: int = 32,
                  batch_wait_timeout_s: float = 0.01) -> None:
         from rsir.inference import load_trained
         from rsir.models import input_contract
@@ -99,7 +99,7 @@ class ImageEncoder:
 class TextEncoder:
     """Texts -> L2-normalised vectors, batched across requests."""
 
-    def __init__(self, recipe: dict[str, Any], checkpoint: str, max_batch_size: int = 32,
+    def __init__(self, recipe: dict[str, Any], checkpoint: str | None, max_batch_size: int = 32,
                  batch_wait_timeout_s: float = 0.01) -> None:
         from rsir.inference import load_trained
 
@@ -252,7 +252,9 @@ class Ingress:
     def __init__(self, cfg: dict[str, Any], recipe: dict[str, Any], image_encoder: Any,
                  text_encoder: Any) -> None:
         self.cfg: ServeConfig = from_dict(ServeConfig, cfg, "serve config")
-        self.bands = list(from_dict(RecipeConfig, recipe, "recipe").data.bands)
+        recipe_cfg = from_dict(RecipeConfig, recipe, "recipe")
+        self.bands = list(recipe_cfg.data.bands)
+        self.default_lambda = recipe_cfg.eval.weicom_lambda
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         key = self.cfg.api_key or (os.environ.get(self.cfg.api_key_env)
@@ -373,7 +375,8 @@ class Ingress:
 
     async def _search(self, body: Any) -> dict[str, Any]:
         archives = self.archives  # one snapshot for the whole request
-        req = parse_search(body, self.cfg.limits, self.cfg.default_k, self.bands, set(archives))
+        req = parse_search(body, self.cfg.limits, self.cfg.default_k, self.bands, set(archives),
+                           self.default_lambda)
         loaded = archives[req.target]
         vectors = loaded.archive.vectors
         n = len(vectors)
@@ -483,6 +486,7 @@ class Ingress:
                                      "root": self.roots[t], "model": a.archive.manifest.get("model")}
                                  for t, a in self.archives.items()},
                     "swaps": self.swaps, "auth": self.api_key is not None,
+                    "weicom_lambda": self.default_lambda,
                     "thumbnails": self.thumbs is not None}
         return await self._guard(request, run)
 
@@ -574,9 +578,18 @@ def resolve_paths(cfg: ServeConfig) -> ServeConfig:
 
 
 def load_recipe(cfg: ServeConfig) -> dict[str, Any]:
-    """The model recipe: ``cfg.recipe`` when given, else the one saved in the checkpoint."""
+    """The model recipe: ``cfg.recipe`` when given, else the one saved in the checkpoint.
+    Raises ``ValueError`` when the recipe needs a checkpoint that is not given
+    (:func:`rsir.inference.resolve_checkpoint`)."""
+    from rsir.inference import resolve_checkpoint
+
     if cfg.recipe:
-        return to_dict(load_config(cfg.recipe))
+        recipe = to_dict(load_config(cfg.recipe))
+        resolve_checkpoint(from_dict(RecipeConfig, recipe, cfg.recipe), cfg.checkpoint)
+        return recipe
+    if not cfg.checkpoint:
+        raise ValueError("serve config: neither 'checkpoint' nor 'recipe' is set; a "
+                         "training-free recipe (pretrained towers) needs 'recipe'")
     import torch
 
     state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)

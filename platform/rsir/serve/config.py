@@ -82,9 +82,12 @@ class ShardsConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    checkpoint: str
+    # Trained weights; none for a training-free recipe (WEICOM on pretrained towers), which
+    # ``recipe`` must then name.
+    checkpoint: str | None = None
     name: str = "serve"
-    # The recipe YAML of the model; default: the ``config`` stored in the checkpoint.
+    # The recipe YAML of the model; default: the ``config`` stored in the checkpoint. Its
+    # ``eval.weicom_lambda`` is the λ of a composed query that gives none.
     recipe: str | None = None
     archives: ArchivesConfig = field(default_factory=ArchivesConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)

@@ -30,12 +30,20 @@ def check_serve(cfg: ServeConfig) -> Check:
     """A Serve config: its model recipe and checkpoint, archives, and replicas."""
     recipe = _serve_recipe(cfg)
     if recipe is None:
-        check = Check(cfg.name, "serve", problems=[
-            f"serve {cfg.name}: checkpoint {cfg.checkpoint}: no such file, or it holds no "
-            "recipe ('config'); set 'recipe'"])
+        why = (f"checkpoint {cfg.checkpoint}: no such file, or it holds no recipe ('config'); "
+               "set 'recipe'" if cfg.checkpoint else
+               "neither 'checkpoint' nor 'recipe' is set; a training-free recipe (pretrained "
+               "towers) needs 'recipe'")
+        check = Check(cfg.name, "serve", problems=[f"serve {cfg.name}: {why}"])
     else:
+        from rsir.inference import resolve_checkpoint
+
         check = check_recipe(recipe, "serve", checkpoint=cfg.checkpoint, read_shards=False)
         check.recipe = f"{cfg.name} (model recipe {recipe.name})"
+        try:  # no checkpoint: only a training-free recipe runs
+            resolve_checkpoint(recipe, cfg.checkpoint)
+        except ValueError as err:
+            check.problems.append(f"serve {cfg.name}: {err}")
     for target in ("images", "pairs", "captions"):
         root = getattr(cfg.archives, target)
         if root and not (Path(root) / "CURRENT").is_file():
@@ -48,6 +56,8 @@ def check_serve(cfg: ServeConfig) -> Check:
 def _serve_recipe(cfg: ServeConfig) -> RecipeConfig | None:
     if cfg.recipe:
         return from_dict(RecipeConfig, load_yaml(cfg.recipe), cfg.recipe)
+    if not cfg.checkpoint:
+        return None
     path = Path(cfg.checkpoint)
     if not path.is_file():
         return None

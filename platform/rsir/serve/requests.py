@@ -119,7 +119,9 @@ def _image(body: dict, name: str, bands: list[str] | None, wanted: list[str],
 
 
 def parse_search(body: Any, limits: LimitsConfig, default_k: int, wanted_bands: list[str],
-                 available: set[str]) -> SearchRequest:
+                 available: set[str], default_lambda: float = 0.5) -> SearchRequest:
+    """A validated search request; a composed query without ``lambda`` gets
+    ``default_lambda`` (the recipe's ``eval.weicom_lambda``)."""
     if not isinstance(body, dict):
         raise ApiError(422, None, f"request body must be a JSON object, got {type(body).__name__}")
     unknown = sorted(str(key) for key in body if key not in SEARCH_FIELDS)
@@ -155,7 +157,7 @@ def parse_search(body: Any, limits: LimitsConfig, default_k: int, wanted_bands: 
     pool = {"text": "captions", "image": "images", "image_pair": "pairs"}.get(kind)
     if rerank and pool not in available:
         raise ApiError(422, "rerank", f"needs the {pool!r} archive, which is not loaded")
-    lam = body.get("lambda", 0.5)
+    lam = body.get("lambda", default_lambda)
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
         raise ApiError(422, "lambda", "must be a number in [0, 1]")
     if not 0.0 <= lam <= 1.0:

@@ -121,7 +121,7 @@ def prepare_weicom(payload: dict[str, Any]) -> dict[str, Any]:
 
 def score_weicom(prepared: dict[str, Any], lam: float) -> dict[str, float]:
     """WEICOM mAP of one λ on a :func:`prepare_weicom` payload."""
-    res = prepared["queries"].evaluate(prepared["image_sims"], "linear_mix", float(lam))
+    res = prepared["queries"].evaluate(prepared["image_sims"], "linear_mix", float(lam), ks=())
     return {"val_mAP": res["mAP"], **{f"val_mAP_{a}": v for a, v in res["per_attribute"].items()}}
 
 

@@ -1,10 +1,12 @@
 """PatternNet + PATTERNCOM fixture in the layout of github.com/billpsomas/rscir.
 
 ``make(root)`` writes ``root/images/<class>/<class-without-underscores><NNN>.jpg``
-(8x8) and ``root/PatternCom/{color,shape}.csv`` (rows: file, attribute, value; no
-header). ``dense_residential`` and ``sparse_residential`` merge into one class in the
-benchmark. Adds a corrupt JPEG (annotated, so its PATTERNCOM row is quarantined too) and
-a PATTERNCOM row naming a file that does not exist.
+(8x8) and ``root/PatternCom/{color,shape,density}.csv`` (rows: file, attribute, value; no
+header). ``dense_residential`` and ``sparse_residential`` are one class for relevance
+(every attribute), but one query group only for density (the authors'
+``fix_query_attributelabels``): their colour and shape values form no cross-class query.
+Adds a corrupt JPEG (annotated, so its PATTERNCOM row is quarantined too) and a
+PATTERNCOM row naming a file that does not exist.
 
     python tests/data/patternnet/make_data.py OUT_DIR
 """
@@ -29,6 +31,7 @@ COLOR = {  # file -> value
 }
 SHAPE = {"airplane001.jpg": "swept", "airplane004.jpg": "straight",
          "denseresidential003.jpg": "rectangular", "sparseresidential003.jpg": "square"}
+DENSITY = {"denseresidential004.jpg": "dense", "sparseresidential004.jpg": "sparse"}
 
 
 def make(root: Path, seed: int = 0) -> dict:
@@ -43,6 +46,8 @@ def make(root: Path, seed: int = 0) -> dict:
     rows = [f"{f},color,{v}" for f, v in COLOR.items()] + ["airplane099.jpg,color,white"]
     (root / "PatternCom/color.csv").write_text("\n".join(rows) + "\n")
     (root / "PatternCom/shape.csv").write_text("\n".join(f"{f},shape,{v}" for f, v in SHAPE.items()) + "\n")
+    (root / "PatternCom/density.csv").write_text(
+        "\n".join(f"{f},density,{v}" for f, v in DENSITY.items()) + "\n")
     return {
         "n_images": len(CLASSES) * PER_CLASS - 1,
         "bad": {
@@ -50,7 +55,10 @@ def make(root: Path, seed: int = 0) -> dict:
             "patterncom/color/parkinglot004.jpg": "query image parkinglot004.jpg is missing or quarantined",
             "patterncom/color/airplane099.jpg": "query image airplane099.jpg is missing or quarantined",
         },
-        # (attribute, query file, text) -> positive files, worked out by hand
+        # (attribute, query file, text) -> positive files, worked out by hand. Colour:
+        # the group "color + sparseresidential" holds only "red", so sparse residential
+        # images make no colour query, while a dense residential "red" query finds them.
+        # Shape: dense and sparse residential are separate groups of one value each.
         "queries": {
             ("color", "airplane001.jpg", "gray"): ["airplane003"],
             ("color", "airplane002.jpg", "gray"): ["airplane003"],
@@ -58,12 +66,10 @@ def make(root: Path, seed: int = 0) -> dict:
             ("color", "denseresidential001.jpg", "blue"): ["denseresidential002"],
             ("color", "denseresidential002.jpg", "red"):
                 ["denseresidential001", "sparseresidential001", "sparseresidential002"],
-            ("color", "sparseresidential001.jpg", "blue"): ["denseresidential002"],
-            ("color", "sparseresidential002.jpg", "blue"): ["denseresidential002"],
+            ("density", "denseresidential004.jpg", "sparse"): ["sparseresidential004"],
+            ("density", "sparseresidential004.jpg", "dense"): ["denseresidential004"],
             ("shape", "airplane001.jpg", "straight"): ["airplane004"],
             ("shape", "airplane004.jpg", "swept"): ["airplane001"],
-            ("shape", "denseresidential003.jpg", "square"): ["sparseresidential003"],
-            ("shape", "sparseresidential003.jpg", "rectangular"): ["denseresidential003"],
         },
     }
 

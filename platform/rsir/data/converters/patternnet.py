@@ -14,24 +14,29 @@ authors' evaluation compares, e.g. ``dense_residential`` -> ``denseresidential``
 
 ``_meta/composed_queries.parquet`` (:data:`COMPOSED_QUERY_SCHEMA`) lists the benchmark's
 queries as the authors' ``evaluate.py`` forms them: for attribute *a*, every image
-annotated with *a* is a query image; its query texts are the other values of *a* among
-images of its merged class (``PATTERNCOM_CLASS_MAPPING``); the positives of (image, text)
-are the images annotated with *a* = text in the same merged class.
+annotated with *a* is a query image; its query texts are the other values of *a* in its
+group "*a* + class", classes merged per attribute as the authors'
+``fix_query_attributelabels`` does (``PATTERNCOM_QUERY_CLASS_MERGES``, via
+``rsir.data.patterncom.query_texts``); the positives of (image, text) are the images
+annotated with *a* = text in the same class under the global mapping
+(``PATTERNCOM_CLASS_MAPPING``). ``query_class`` is that globally merged class.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from rsir.data.converters.base import CONVERTERS, Converter, Record
-from rsir.retrieval.composed import PATTERNCOM_CLASS_MAPPING
+from rsir.data.patterncom import PATTERNCOM_CLASS_MAPPING, query_texts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
@@ -65,6 +70,13 @@ def label_of(folder: str) -> str:
 class PatternNet(Converter):
     name = "patternnet"
     split = "test"
+
+    def options(self) -> dict[str, Any]:
+        """Also the sha256 of each PATTERNCOM CSV: the rows carry their attributes, so a
+        changed CSV must rewrite every chunk, not be skipped as already converted."""
+        folder = self.src / "PatternCom"
+        csvs = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.csv"))}
+        return {**super().options(), "patterncom_sha256": csvs}
 
     def annotations(self) -> tuple[list[Annotation], list[dict[str, str]]]:
         """PATTERNCOM rows, and quarantine rows for malformed ones."""
@@ -113,7 +125,7 @@ class PatternNet(Converter):
         root = self.image_dir or self.src / "images"
         class_of = {p.name: label_of(p.parent.name) for p in root.glob("*/*")
                     if f"{self.name}/{p.stem}" in valid_ids}
-        # attribute -> [(image id, merged class, value)]
+        # attribute -> [(image id, class, value)]
         annotated: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
         seen: set[tuple[str, str]] = set()
         for ann in annotations:
@@ -130,23 +142,23 @@ class PatternNet(Converter):
                             "source_path": ann.source,
                             "reason": f"query image {ann.filename} is missing or quarantined"})
                 continue
-            merged = PATTERNCOM_CLASS_MAPPING.get(class_of[ann.filename], class_of[ann.filename])
-            annotated[ann.attribute].append((f"{self.name}/{Path(ann.filename).stem}", merged, ann.value))
+            annotated[ann.attribute].append(
+                (f"{self.name}/{Path(ann.filename).stem}", class_of[ann.filename], ann.value))
         queries = []
         for attribute in sorted(annotated):
             items = annotated[attribute]
+            # Positives: the global class mapping (relevance); query texts: the per-attribute
+            # merges of query_texts (the authors' fix_query_attributelabels).
             members: dict[tuple[str, str], list[str]] = defaultdict(list)
-            for image_id, merged, value in items:
-                members[(merged, value)].append(image_id)
-            values_of: dict[str, set[str]] = defaultdict(set)
-            for merged, value in members:
-                values_of[merged].add(value)
-            for image_id, merged, value in items:
-                for text in sorted(values_of[merged] - {value}):
-                    queries.append({
-                        "query_id": f"{attribute}/{image_id}/{text}", "attribute": attribute,
-                        "query_image": image_id, "query_class": merged, "query_value": value,
-                        "text": text, "positives": sorted(members[(merged, text)]),
-                    })
+            for image_id, cls, value in items:
+                members[(PATTERNCOM_CLASS_MAPPING.get(cls, cls), value)].append(image_id)
+            for i, text in query_texts(attribute, [c for _, c, _ in items], [v for _, _, v in items]):
+                image_id, cls, value = items[i]
+                merged = PATTERNCOM_CLASS_MAPPING.get(cls, cls)
+                queries.append({
+                    "query_id": f"{attribute}/{image_id}/{text}", "attribute": attribute,
+                    "query_image": image_id, "query_class": merged, "query_value": value,
+                    "text": text, "positives": sorted(members[(merged, text)]),
+                })
         table = pa.Table.from_pylist(queries, schema=COMPOSED_QUERY_SCHEMA)
         return {"composed_queries": (table, bad)}
