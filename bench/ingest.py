@@ -204,7 +204,8 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     from rsir.data.pipeline import training_dataset
 
     try:
-        ds = training_dataset(cfg, InputContract.of(cfg, "bench"))  # built once and executed once per epoch, as Ray Train does
+        # built once and executed once per epoch, as Ray Train does
+        ds = training_dataset(cfg, InputContract.of(cfg, "bench"))
         return measure(lambda: ray_pass(ds, cfg), args.epochs)
     finally:
         ray.shutdown()

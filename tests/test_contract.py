@@ -14,7 +14,7 @@ import torch
 
 from conftest import REPO
 from rsir.config import load_config
-from rsir.data.contract import InputContract, archive_problems, inspect_archive
+from rsir.data.contract import archive_problems, inspect_archive
 from rsir.data.demo_world import generate
 from rsir.data.schema import SHARD_SCHEMA, read_table
 from rsir.data.transforms import Augment, augment_objects, preprocess_rows
@@ -119,7 +119,27 @@ def test_augment_objects_moves_boxes_with_the_crop_and_flips():
     np.testing.assert_allclose(car["box"], [0.625, 0.25, 0.875, 0.5])
     assert car["category"] == "car" and car["score"] == pytest.approx(0.9)
     assert augment_objects(objs, None)[1]["score"] == 1.0  # ground truth, unchanged box
-    assert augment_objects(None, crop) == []
+    # 90° counter-clockwise (torchvision's rotate): (x, y) -> (y, 1 - x) in fractions
+    turn = Augment(crop=(0.0, 0.0, 1.0, 1.0), hflip=False, vflip=False, brightness=1, contrast=1,
+                   rotation=90.0)
+    np.testing.assert_allclose(augment_objects(objs[:1], turn)[0]["box"], [0.3, 0.6, 0.5, 0.8],
+                               atol=1e-12)
+
+
+def test_rotated_boxes_follow_the_rotated_pixels():
+    """The box of a lit square, rotated with the image by torchvision, bounds the lit pixels."""
+    from rsir.data.transforms import apply_augment
+
+    image = torch.zeros(1, 40, 40)
+    image[0, 4:12, 24:36] = 1.0  # rows 4-11, columns 24-35: box x 0.6-0.9, y 0.1-0.3
+    turn = Augment(crop=(0.0, 0.0, 1.0, 1.0), hflip=False, vflip=False, brightness=1, contrast=1,
+                   rotation=90.0)
+    lit = (apply_augment(image, turn, 40)[0] > 0.5).nonzero()
+    (obj,) = augment_objects([{"box": [0.6, 0.1, 0.9, 0.3], "category": "car"}], turn)
+    rows, cols = lit[:, 0], lit[:, 1]
+    np.testing.assert_allclose(obj["box"], [cols.min() / 40, rows.min() / 40, (cols.max() + 1) / 40,
+                                     (rows.max() + 1) / 40], atol=1e-9)
+    assert augment_objects(None, turn) == []
 
 
 def test_preprocess_rows_carries_the_model_fields_of_kept_rows(world):

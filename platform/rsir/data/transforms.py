@@ -138,11 +138,22 @@ def apply_augment(x: torch.Tensor, aug: Augment | None, size: int) -> torch.Tens
 
 
 def augment_objects(objects: Sequence[Mapping[str, Any]] | None, aug: Augment | None) -> list[dict[str, Any]]:
-    """A row's objects as the augmented image shows them: boxes (fractions) cropped,
-    re-scaled to the crop and flipped with the image; a box left outside the crop is gone."""
+    """A row's objects as the augmented image shows them: boxes (fractions) rotated (the
+    rotated box's bounding box, for square images), cropped, re-scaled to the crop and
+    flipped with the image; a box left outside the image or the crop is gone."""
     out = []
     for o in objects if objects is not None else ():
         x0, y0, x1, y1 = (float(v) for v in o["box"])
+        if aug is not None and aug.rotation:
+            # counter-clockwise on screen (y down) about the centre, as torchvision's rotate
+            t = np.deg2rad(aug.rotation)
+            dx = np.array([x0, x1, x1, x0]) - 0.5
+            dy = np.array([y0, y0, y1, y1]) - 0.5
+            xs = np.clip(0.5 + dx * np.cos(t) + dy * np.sin(t), 0.0, 1.0)
+            ys = np.clip(0.5 - dx * np.sin(t) + dy * np.cos(t), 0.0, 1.0)
+            x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+            if x1 <= x0 or y1 <= y0:
+                continue
         if aug is not None:
             top, left, ch, cw = aug.crop
             x0, x1 = (min(max((v - left) / cw, 0.0), 1.0) for v in (x0, x1))
