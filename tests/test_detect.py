@@ -24,7 +24,10 @@ from rsir.data.detection import DetectOptions, YoloLoader, import_ultralytics, r
 from rsir.data.schema import SHARD_SCHEMA, encode_image, make_row, read_table, write_shards
 from rsir.models.galr import DOTA_CATEGORIES
 
-pytest.importorskip("ultralytics", reason="the detect extra: pip install 'rsir[detect]'")
+try:
+    import_ultralytics()  # offline from its first import on (YOLO_OFFLINE)
+except ImportError:
+    pytest.skip("the detect extra: pip install 'rsir[detect]'", allow_module_level=True)
 ray = pytest.importorskip("ray")
 
 # The doubles below run inside Ray actors: ship this module's code with them.
@@ -136,7 +139,7 @@ def _random_obb_weights(path: Path, images: list[np.ndarray]) -> None:
     base = YOLO("yolo11n-obb.yaml")
     net = OBBModel(base.model.yaml, nc=15, verbose=False)
     net.args, net.task, net.names = base.model.args, "obb", dict(DOTAV1_NAMES)
-    x = torch.stack([torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1).float() / 255
+    x = torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1).float() / 255
                      for i in images])
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

@@ -83,7 +83,8 @@ def run_enrichment(
             ctx.use_datasource_v2 = v2
         ds = ds.map_batches(
             actor, batch_format="pyarrow", batch_size=batch_size, fn_constructor_kwargs=dict(actor_kwargs),
-            concurrency=resources.concurrency, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)
+            compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
+            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             collector.add(batch)
     collector.check_complete()

@@ -105,7 +105,9 @@ def _numpy(value: Any) -> np.ndarray:
 
 def import_ultralytics() -> Any:
     """``ultralytics``, offline: ``YOLO_OFFLINE`` before its import, so neither its
-    connectivity probe nor its usage analytics ever touch the network."""
+    connectivity probe (DNS lookups at import) nor its usage analytics touch the network.
+    Its other downloads (fonts for plotting, weights named but absent) are never reached:
+    the job does not plot and loads an existing file."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     try:
         import ultralytics
