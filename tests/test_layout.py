@@ -20,7 +20,8 @@ def test_importing_rsir_and_the_pure_library_never_imports_ray():
     code = (
         "import sys, rsir, rsir.models, rsir.losses, rsir.config, rsir.retrieval.composed, "
         "rsir.retrieval.rerank, rsir.metrics.retrieval, rsir.data.schema, rsir.data.demo_world, "
-        "rsir.data.transforms, rsir.data.converters, rsir.optim, rsir.training_step; print('ray' in sys.modules)"
+        "rsir.data.transforms, rsir.data.converters, rsir.data.enrichment, rsir.data.detection, "
+        "rsir.data.translation, rsir.optim, rsir.training_step; print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True)

@@ -46,6 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func="rsir.data.converters.cli:cli_main")
 
+    p = sub.add_parser("detect", help="fill every row's objects with a DOTA-trained OBB detector "
+                       "(Ray Data), into a new archive")
+    _add_config_args(p)
+    p.add_argument("--shards", default=None, help="input archive (default: the recipe's data.shards)")
+    p.add_argument("--out", required=True, help="output archive (shards and _meta/)")
+    p.add_argument("--weights", default="yolo11n-obb.pt",
+                   help="local ultralytics YOLO OBB weights (DOTA-v1); nothing is downloaded")
+    p.add_argument("--score-threshold", type=float, default=0.25, help="lowest score kept")
+    p.add_argument("--max-objects", type=int, default=None,
+                   help="objects per image (default: the recipe's model.options.max_objects, else 300)")
+    p.add_argument("--image-size", type=int, default=1024, help="detector input size in pixels")
+    p.add_argument("--batch-size", type=int, default=16, help="images per detector call")
+    p.add_argument("--concurrency", type=int, default=1, help="detector actors")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor without a GPU")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.set_defaults(func="rsir.enrich:detect_main")
+
+    p = sub.add_parser("translate", help="machine-translate the captions (Ray Data, transformers "
+                       "MarianMT / NLLB / M2M100), into a new archive")
+    p.add_argument("--shards", required=True, help="input archive")
+    p.add_argument("--out", required=True, help="output archive (shards and _meta/)")
+    p.add_argument("--to", required=True, help="target languages, ISO 639-1: ar,fr,it")
+    p.add_argument("--model", required=True, action="append",
+                   help="local model folder for every target, or LANG=PATH (repeat: one per language)")
+    p.add_argument("--source", default="en", help="language of the captions to translate")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per generate() call")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest translation in tokens")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy)")
+    p.add_argument("--use-gpu", action="store_true", help="a GPU per actor when the cluster has one")
+    p.add_argument("--concurrency", type=int, default=1, help="translator actors")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor without a GPU")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.set_defaults(func="rsir.enrich:translate_main")
+
     p = sub.add_parser("demo-world", help="generate the demo world as Parquet shards")
     p.add_argument("--out", required=True, help="output directory for the shards")
     p.add_argument("--n", type=int, default=1000, help="number of single-date scenes")
