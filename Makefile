@@ -12,7 +12,7 @@ CHROMIUM := /usr/bin/chromium
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[text,ann,tune,dev]"
+	$(PY) -m pip install --quiet -e ".[text,ann,geo,tune,dev]"
 	$(PY) -m rsir.setup_offline
 	touch $(STAMP)
 
