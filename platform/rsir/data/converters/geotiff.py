@@ -36,7 +36,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,8 @@ WGS84 = "EPSG:4326"
 # A one-band file of a product: <prefix>_B2.TIF, _B02.tif, _B8A.tif (Landsat, Sentinel-2).
 BAND_FILE = re.compile(r"^(?P<prefix>.+)_(?P<band>B\d{1,2}A?)$", re.IGNORECASE)
 # Landsat Collection product id: LXSS_LLLL_PPPRRR_YYYYMMDD_yyyymmdd_CC_TX (X: sensor letter).
-LANDSAT_ID = re.compile(r"(?<![A-Z0-9])L[COTEM](?P<sat>0[1-9])_[A-Z0-9]{4}_\d{6}_(?P<date>\d{8})_\d{8}_\d{2}_[A-Z0-9]{2}")
+LANDSAT_ID = re.compile(
+    r"(?<![A-Z0-9])L[COTEM](?P<sat>0[1-9])_[A-Z0-9]{4}_\d{6}_(?P<date>\d{8})_\d{8}_\d{2}_[A-Z0-9]{2}")
 # Pre-collection Landsat scene id: LXSPPPRRRYYYYDDDGSIVV (year and day of year).
 LANDSAT_SCENE_ID = re.compile(r"(?<![A-Z0-9])L[COTEM](?P<sat>[1-9])\d{6}(?P<year>\d{4})(?P<doy>\d{3})[A-Z]{3}\d{2}")
 # Sentinel-2 product id: S2A_MSIL2A_20210615T103021_...
@@ -237,8 +238,9 @@ def product_metadata(name: str) -> tuple[str | None, datetime | None]:
         return f"landsat-{int(m['sat'])}", parse_datetime(m["date"])
     if m := LANDSAT_SCENE_ID.search(upper):
         year, doy = int(m["year"]), int(m["doy"])
-        when = datetime(year, 1, 1, tzinfo=timezone.utc) + (datetime(year, 1, doy) - datetime(year, 1, 1))
-        return f"landsat-{int(m['sat'])}", when
+        when = datetime(year, 1, 1, tzinfo=timezone.utc) + timedelta(days=doy - 1)
+        if 1 <= doy and when.year == year:  # else not a day of that year: not an id
+            return f"landsat-{int(m['sat'])}", when
     if m := SENTINEL2_ID.search(upper):
         return f"sentinel-2{m['unit'].lower()}", parse_datetime(m["time"])
     return None, None
@@ -313,7 +315,7 @@ def window_footprint(window: Any, transform: Any, crs: Any) -> tuple[list[float]
 
     c0, r0 = window.col_off, window.row_off
     c1, r1 = c0 + window.width, r0 + window.height
-    corners = [transform * (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))]
+    corners = [transform @ (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))]
     xs, ys = [x for x, _ in corners], [y for _, y in corners]
     bbox = list(transform_bounds(crs, WGS84, min(xs), min(ys), max(xs), max(ys), densify_pts=21))
     ring = Polygon(corners)
@@ -437,7 +439,7 @@ def open_date(date: SceneDate, wanted: tuple[str, ...] | None, label: str) -> Op
 def _centre_lat(ds: Any) -> float:
     from rasterio.warp import transform as warp_transform
 
-    x, y = ds.transform * (ds.width / 2, ds.height / 2)
+    x, y = ds.transform @ (ds.width / 2, ds.height / 2)
     return float(warp_transform(ds.crs, WGS84, [x], [y])[1][0])
 
 
