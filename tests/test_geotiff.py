@@ -454,3 +454,14 @@ def test_ray_data_job_writes_what_the_local_run_writes(tmp_path, ray_session):
     assert read_table(tmp_path / "ray", columns=cols).sort_by("id").equals(
         read_table(tmp_path / "local", columns=cols).sort_by("id"))
     assert convert_scenes_ray(scenes, tmp_path / "ray", TileOptions(tile_size=100)).chunks_skipped == 2
+
+
+def test_cli_refuses_options_the_source_does_not_read(tmp_path, capsys):
+    from rsir.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["convert", "levir-cc", "--src", str(tmp_path), "--out", str(tmp_path / "o"), "--t2", "x"])
+    assert "convert levir-cc: --t2 is geotiff / stac option only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert", "geotiff", "--src", str(tmp_path), "--out", str(tmp_path / "o"), "--objects", "x"])
+    assert "convert geotiff: --objects is a dataset layout's option only" in capsys.readouterr().err

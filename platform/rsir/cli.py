@@ -120,6 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GEO_SOURCES = ("geotiff", "stac")
+# ``rsir convert`` options that only one kind of source reads, with their defaults.
+SCENE_OPTIONS = {"tile_size": 256, "stride": None, "t2": None, "bands": None, "split": "train",
+                 "local": False, "address": None}
+LAYOUT_OPTIONS = {"image_dir": None, "objects": None, "translations": [], "limit": None,
+                  "chunk_size": 1000}
+
+
+def _check_convert_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An option the chosen source does not read is an error, not silently ignored."""
+    geo = args.dataset in GEO_SOURCES
+    for name, default in (LAYOUT_OPTIONS if geo else SCENE_OPTIONS).items():
+        if getattr(args, name) != default:
+            kind = "a dataset layout's" if geo else "geotiff / stac"
+            parser.error(f"convert {args.dataset}: --{name.replace('_', '-')} is {kind} option only")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -128,8 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if args.command == "convert" and args.dataset in ("geotiff", "stac"):
-        args.func = "rsir.ingest:cli_main"  # scenes, not a dataset layout: the Ray Data job
+    if args.command == "convert":
+        _check_convert_options(parser, args)
+        if args.dataset in GEO_SOURCES:
+            args.func = "rsir.ingest:cli_main"  # scenes, not a dataset layout: the Ray Data job
     module_name, func_name = args.func.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(args) or 0)
