@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -96,6 +97,10 @@ def test_old_shards_read_with_null_geography(tmp_path):
     assert all(by_id[f"old{i}"][c] is None for i in range(6) for c in GEO_COLUMNS)
     assert by_id["new0"]["bbox"] == [1.0, 2.0, 3.0, 4.0]
     assert by_id["new0"]["acquired"] == datetime(2020, 1, 6, tzinfo=UTC)
+    # A box filter is Arrow compute on the bbox column (old rows' null boxes never pass).
+    min_lon, max_lat = pc.list_element(table["bbox"], 0), pc.list_element(table["bbox"], 3)
+    inside = pc.and_(pc.greater_equal(min_lon, 0.5), pc.less_equal(max_lat, 4.0))
+    assert table.filter(inside).column("id").to_pylist() == ["new0"]
     only_old = read_table(path / "part-00000.parquet", columns=["id", "bbox", "acquired"], split="train")
     assert only_old.column("id").to_pylist() == ["old1", "old3", "old5"]
     assert only_old.column("bbox").null_count == 3
@@ -295,10 +300,13 @@ def test_bad_scenes_are_quarantined_with_the_reason(tmp_path):
     write_tif(folder / "T1_B2.tif", np.ones((1, 64, 64), np.uint8), from_origin(0, 0, 10, 10), "EPSG:32631")
     write_tif(folder / "T1_B3.tif", np.ones((1, 64, 64), np.uint8), from_origin(0, 0, 20, 20), "EPSG:32631")
     write_tif(folder / "small.tif", np.ones((3, 40, 50), np.uint8), from_origin(0, 0, 10, 10), "EPSG:32631")
+    write_tif(folder / "dated.tif", np.ones((3, 64, 64), np.uint8), from_origin(0, 0, 10, 10), "EPSG:32631",
+              tags={"ACQUISITION_DATE": "soon"})
     result = convert_scenes(list_scenes(folder), tmp_path / "out", TileOptions(tile_size=64))
-    assert (result.converted, result.quarantined) == (0, 2)
+    assert (result.converted, result.quarantined) == (0, 3)
     reasons = dict(zip(*read_quarantine(tmp_path / "out").select(["record", "reason"]).to_pydict().values()))
     assert reasons["small"] == "scene is 50x40 pixels, smaller than a 64x64 tile"
+    assert reasons["dated"] == "scene: dated.tif: tag ACQUISITION_DATE: not a date/time: 'soon'"
     assert reasons["T1"].startswith("scene: T1_B3.tif is on another grid (64x64, EPSG:32631, "
                                     "(20.0, 0.0, 0.0, 0.0, -20.0, 0.0)) than T1_B2.tif")
 
@@ -465,3 +473,18 @@ def test_cli_refuses_options_the_source_does_not_read(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["convert", "geotiff", "--src", str(tmp_path), "--out", str(tmp_path / "o"), "--objects", "x"])
     assert "convert geotiff: --objects is a dataset layout's option only" in capsys.readouterr().err
+
+
+def test_real_scene_collar_tiles_are_quarantined_as_nodata(shared_data, tmp_path):
+    src = shared_data / "images" / "multispectral" / "RGB.byte.tif"  # nodata 0 around the rotated scene
+    whole = read_tiff(src)
+    offsets_y, offsets_x = tile_offsets(whole.shape[0], 64, 64), tile_offsets(whole.shape[1], 64, 64)
+    empty = {f"RGB.byte/y{r:06d}_x{c:06d}" for r in offsets_y for c in offsets_x
+             if not whole[r:r + 64, c:c + 64].any()}
+    assert empty  # the collar's corners hold whole tiles of nodata
+    result = convert_scenes(list_scenes(src), tmp_path, TileOptions(tile_size=64))
+    assert result.quarantined == len(empty)
+    assert result.converted == len(offsets_y) * len(offsets_x) - len(empty)
+    bad = read_quarantine(tmp_path).to_pylist()
+    assert {b["record"] for b in bad} == empty
+    assert {b["reason"] for b in bad} == {"nodata-only tile (scene: every pixel is nodata)"}

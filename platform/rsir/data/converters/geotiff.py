@@ -416,7 +416,10 @@ def open_date(date: SceneDate, wanted: tuple[str, ...] | None, label: str) -> Op
                 reads.append((k, [index]))
         first = datasets[0]
         tags = {**first.tags(), **first.tags(ns="IMAGERY")}
-        sensor, acquired, file_time = tag_metadata(tags)
+        try:
+            sensor, acquired, file_time = tag_metadata(tags)
+        except BadRecord as err:
+            raise BadRecord(f"{label}: {Path(date.files[0].path).name}: {err}") from None
         id_sensor, id_time = product_metadata(" ".join(Path(f.path).name for f in date.files))
         if date.acquired is not None:
             try:
