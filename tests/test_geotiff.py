@@ -369,6 +369,8 @@ def test_product_ids_and_time_formats():
     assert product_metadata("LE70440342000123EDC00.tif") == ("landsat-7", datetime(2000, 5, 2, tzinfo=UTC))
     assert product_metadata("S2B_MSIL1C_20191231T235959_N0208.tif") == (
         "sentinel-2b", datetime(2019, 12, 31, 23, 59, 59, tzinfo=UTC))
+    assert product_metadata("T32TMT_20210615T103021_B02.tif") == (
+        "sentinel-2", datetime(2021, 6, 15, 10, 30, 21, tzinfo=UTC))
     assert product_metadata("RGB.byte.tif") == (None, None)
     assert parse_datetime("2020:01:06 15:30:00") == datetime(2020, 1, 6, 15, 30, tzinfo=UTC)
     assert parse_datetime("2020-01-06T17:30:00+02:00") == datetime(2020, 1, 6, 15, 30, tzinfo=UTC)
@@ -461,6 +463,13 @@ def test_ray_data_job_writes_what_the_local_run_writes(tmp_path, ray_session):
     cols = ["id", "bbox", "footprint", "bands", "image", "acquired", "sensor"]
     assert read_table(tmp_path / "ray", columns=cols).sort_by("id").equals(
         read_table(tmp_path / "local", columns=cols).sort_by("id"))
+    # The CLI runs the same job on the Ray it finds; a re-run skips both scenes.
+    from rsir.cli import main
+
+    assert main(["convert", "geotiff", "--src", str(tmp_path / "landsat"), "--out", str(tmp_path / "ray"),
+                 "--tile-size", "100", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "ray" / "_SUCCESS").read_text())
+    assert (summary["converted"], summary["chunks"]) == (13, 2)
     assert convert_scenes_ray(scenes, tmp_path / "ray", TileOptions(tile_size=100)).chunks_skipped == 2
 
 

@@ -68,6 +68,8 @@ LANDSAT_ID = re.compile(
 LANDSAT_SCENE_ID = re.compile(r"(?<![A-Z0-9])L[COTEM](?P<sat>[1-9])\d{6}(?P<year>\d{4})(?P<doy>\d{3})[A-Z]{3}\d{2}")
 # Sentinel-2 product id: S2A_MSIL2A_20210615T103021_...
 SENTINEL2_ID = re.compile(r"(?<![A-Z0-9])S2(?P<unit>[A-D])_MSI(?:L1C|L2A)_(?P<time>\d{8}T\d{6})")
+# A Sentinel-2 granule's band file: T32TMT_20210615T103021_B02 (tile, sensing time; no unit).
+SENTINEL2_GRANULE = re.compile(r"(?<![A-Z0-9])T\d{2}[A-Z]{3}_(?P<time>\d{8}T\d{6})")
 # Tags holding the acquisition time / platform, most specific first (compared uppercased).
 DATE_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED",
              "DATETIME_ACQUIRED", "SENSING_TIME", "SENSING_DATE", "DATETIME_ORIGINAL")
@@ -243,6 +245,8 @@ def product_metadata(name: str) -> tuple[str | None, datetime | None]:
             return f"landsat-{int(m['sat'])}", when
     if m := SENTINEL2_ID.search(upper):
         return f"sentinel-2{m['unit'].lower()}", parse_datetime(m["time"])
+    if m := SENTINEL2_GRANULE.search(upper):
+        return "sentinel-2", parse_datetime(m["time"])
     return None, None
 
 
