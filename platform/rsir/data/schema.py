@@ -16,7 +16,8 @@ objects    list of ``{box, category, score}``: ``box`` is ``[x0, y0, x1, y1]`` a
            of the image's width and height (so it survives resizing), ``score`` a detector's
            confidence in [0, 1] (1.0 for ground truth). The GaLR local branch reads these.
 source     where the row came from (a path inside the source dataset, or ``demo_world``)
-bbox       WGS84 bounding box ``[min_lon, min_lat, max_lon, max_lat]`` of the image (float64)
+bbox       WGS84 bounding box ``[min_lon, min_lat, max_lon, max_lat]`` of the image (float64;
+           ``min_lon > max_lon`` across the antimeridian, as ``transform_bounds`` and STAC write it)
 footprint  the image's outline in WGS84 lon/lat as WKB (a polygon; ``shapely.from_wkb``)
 crs        the source raster's CRS as ``AUTHORITY:CODE`` (``EPSG:32618``)
 gsd_m      ground sample distance in metres per pixel
