@@ -2,29 +2,29 @@
 
 Rows (one per image, or per bitemporal pair):
 
-========== ================================================================================
-id         unique string id within the dataset
-split      ``train`` / ``val`` / ``test`` (or another split name the dataset defines)
-image      encoded bytes of the image (PNG/JPEG/TIFF, or ``.npy`` for any band count/dtype)
-image_t2   encoded bytes of the second date of a bitemporal pair, else null
-bands      channel names, in order (``["R", "G", "B"]``, Dubai-CCD's six bands, ...)
-captions   list of ``{text, lang}``; ``lang`` is an ISO 639-1 code (en, ar, fr, it)
-changed    whether a pair shows a change (null for single images)
-class_name the scene class, or null
-attributes string map (PATTERNCOM-style: color, shape, quantity, density, ...)
-objects    list of ``{box, category, score}``: ``box`` is ``[x0, y0, x1, y1]`` as fractions
-           of the image's width and height (so it survives resizing), ``score`` a detector's
-           confidence in [0, 1] (1.0 for ground truth). The GaLR local branch reads these.
-source     where the row came from (a path inside the source dataset, or ``demo_world``)
-bbox       WGS84 bounding box ``[min_lon, min_lat, max_lon, max_lat]`` of the image (float64;
-           ``min_lon > max_lon`` across the antimeridian, as ``transform_bounds`` and STAC write it)
-footprint  the image's outline in WGS84 lon/lat as WKB (a polygon; ``shapely.from_wkb``)
-crs        the source raster's CRS as ``AUTHORITY:CODE`` (``EPSG:32618``)
-gsd_m      ground sample distance in metres per pixel
-sensor     platform name as STAC writes it (``landsat-8``, ``sentinel-2a``)
-acquired   acquisition time of the image (of the first date of a pair), UTC
+=========== ================================================================================
+id          unique string id within the dataset
+split       ``train`` / ``val`` / ``test`` (or another split name the dataset defines)
+image       encoded bytes of the image (PNG/JPEG/TIFF, or ``.npy`` for any band count/dtype)
+image_t2    encoded bytes of the second date of a bitemporal pair, else null
+bands       channel names, in order (``["R", "G", "B"]``, Dubai-CCD's six bands, ...)
+captions    list of ``{text, lang}``; ``lang`` is an ISO 639-1 code (en, ar, fr, it)
+changed     whether a pair shows a change (null for single images)
+class_name  the scene class, or null
+attributes  string map (PATTERNCOM-style: color, shape, quantity, density, ...)
+objects     list of ``{box, category, score}``: ``box`` is ``[x0, y0, x1, y1]`` as fractions
+            of the image's width and height (so it survives resizing), ``score`` a detector's
+            confidence in [0, 1] (1.0 for ground truth). The GaLR local branch reads these.
+source      where the row came from (a path inside the source dataset, or ``demo_world``)
+bbox        WGS84 bounding box ``[min_lon, min_lat, max_lon, max_lat]`` of the image (float64;
+            ``min_lon > max_lon`` across the antimeridian, as ``transform_bounds`` and STAC write it)
+footprint   the image's outline in WGS84 lon/lat as WKB (a polygon; ``shapely.from_wkb``)
+crs         the source raster's CRS as ``AUTHORITY:CODE`` (``EPSG:32618``)
+gsd_m       ground sample distance in metres per pixel
+sensor      platform name as STAC writes it (``landsat-8``, ``sentinel-2a``)
+acquired    acquisition time of the image (of the first date of a pair), UTC
 acquired_t2 acquisition time of the second date of a pair, UTC
-========== ================================================================================
+=========== ================================================================================
 
 The geography columns (``bbox`` .. ``acquired_t2``) are null where a dataset knows no
 geography (LEVIR-CC, Dubai-CCD, the captioning benchmarks); shards written before they
