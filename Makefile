@@ -16,7 +16,7 @@ JRE_PACKAGE := default-jre-headless
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[text,ann,tune,detect,translate,dev]"
+	$(PY) -m pip install --quiet -e ".[text,ann,geo,tune,detect,translate,dev]"
 	$(PY) -m rsir.setup_offline
 	touch $(STAMP)
 

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a public dataset's own layout to Parquet shards")
     p.add_argument("dataset", help="converter name (levir-cc, dubai-ccd, rsicd, rsitmd, "
-                   "ucm-captions, sydney-captions, <name>-precomp, patternnet)")
+                   "ucm-captions, sydney-captions, <name>-precomp, patternnet, geotiff, stac)")
     p.add_argument("--src", required=True, help="the dataset in its published layout")
     p.add_argument("--out", required=True, help="output directory for shards and _meta/")
     p.add_argument("--image-dir", default=None,
@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records per resumable chunk (one manifest each)")
     p.add_argument("--shard-mb", type=float, default=64.0, help="maximum shard size in MiB")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    geo = p.add_argument_group("geotiff / stac (scenes -> tiles with footprints, a Ray Data job)")
+    geo.add_argument("--tile-size", type=int, default=256, help="tile side in pixels")
+    geo.add_argument("--stride", type=int, default=None, help="pixels between tiles (default: tile size)")
+    geo.add_argument("--t2", default=None, metavar="DIR_OR_FILE",
+                     help="the second date's scene(s), co-registered: bitemporal pair tiles")
+    geo.add_argument("--bands", default=None, help="comma-separated band names to keep (default: all)")
+    geo.add_argument("--split", default="train", help="the split of every tile")
+    geo.add_argument("--local", action="store_true", help="tile in this process, not with Ray")
+    geo.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.set_defaults(func="rsir.data.converters.cli:cli_main")
 
     p = sub.add_parser("detect", help="fill every row's objects with a DOTA-trained OBB detector "
@@ -145,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GEO_SOURCES = ("geotiff", "stac")
+# ``rsir convert`` options that only one kind of source reads, with their defaults.
+SCENE_OPTIONS = {"tile_size": 256, "stride": None, "t2": None, "bands": None, "split": "train",
+                 "local": False, "address": None}
+LAYOUT_OPTIONS = {"image_dir": None, "objects": None, "translations": [], "limit": None,
+                  "chunk_size": 1000}
+
+
+def _check_convert_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An option the chosen source does not read is an error, not silently ignored."""
+    geo = args.dataset in GEO_SOURCES
+    for name, default in (LAYOUT_OPTIONS if geo else SCENE_OPTIONS).items():
+        if getattr(args, name) != default:
+            kind = "a dataset layout's" if geo else "geotiff / stac"
+            parser.error(f"convert {args.dataset}: --{name.replace('_', '-')} is {kind} option only")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -153,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.command == "convert":
+        _check_convert_options(parser, args)
+        if args.dataset in GEO_SOURCES:
+            args.func = "rsir.ingest:cli_main"  # scenes, not a dataset layout: the Ray Data job
     module_name, func_name = args.func.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(args) or 0)

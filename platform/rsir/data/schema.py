@@ -2,29 +2,47 @@
 
 Rows (one per image, or per bitemporal pair):
 
-========== ================================================================================
-id         unique string id within the dataset
-split      ``train`` / ``val`` / ``test`` (or another split name the dataset defines)
-image      encoded bytes of the image (PNG/JPEG/TIFF, or ``.npy`` for any band count/dtype)
-image_t2   encoded bytes of the second date of a bitemporal pair, else null
-bands      channel names, in order (``["R", "G", "B"]``, Dubai-CCD's six bands, ...)
-captions   list of ``{text, lang}``; ``lang`` is an ISO 639-1 code (en, ar, fr, it)
-changed    whether a pair shows a change (null for single images)
-class_name the scene class, or null
-attributes string map (PATTERNCOM-style: color, shape, quantity, density, ...)
-objects    list of ``{box, category, score}``: ``box`` is ``[x0, y0, x1, y1]`` as fractions
-           of the image's width and height (so it survives resizing), ``score`` a detector's
-           confidence in [0, 1] (1.0 for ground truth). The GaLR local branch reads these.
-source     where the row came from (a path inside the source dataset, or ``demo_world``)
-========== ================================================================================
+=========== ================================================================================
+id          unique string id within the dataset
+split       ``train`` / ``val`` / ``test`` (or another split name the dataset defines)
+image       encoded bytes of the image (PNG/JPEG/TIFF, or ``.npy`` for any band count/dtype)
+image_t2    encoded bytes of the second date of a bitemporal pair, else null
+bands       channel names, in order (``["R", "G", "B"]``, Dubai-CCD's six bands, ...)
+captions    list of ``{text, lang}``; ``lang`` is an ISO 639-1 code (en, ar, fr, it)
+changed     whether a pair shows a change (null for single images)
+class_name  the scene class, or null
+attributes  string map (PATTERNCOM-style: color, shape, quantity, density, ...)
+objects     list of ``{box, category, score}``: ``box`` is ``[x0, y0, x1, y1]`` as fractions
+            of the image's width and height (so it survives resizing), ``score`` a detector's
+            confidence in [0, 1] (1.0 for ground truth). The GaLR local branch reads these.
+source      where the row came from (a path inside the source dataset, or ``demo_world``)
+bbox        WGS84 bounding box ``[min_lon, min_lat, max_lon, max_lat]`` of the image (float64;
+            ``min_lon > max_lon`` across the antimeridian, as ``transform_bounds`` and STAC write it)
+footprint   the image's outline in WGS84 lon/lat as WKB (a polygon; ``shapely.from_wkb``)
+crs         the source raster's CRS as ``AUTHORITY:CODE`` (``EPSG:32618``)
+gsd_m       ground sample distance in metres per pixel
+sensor      platform name as STAC writes it (``landsat-8``, ``sentinel-2a``)
+acquired    acquisition time of the image (of the first date of a pair), UTC
+acquired_t2 acquisition time of the second date of a pair, UTC
+=========== ================================================================================
+
+The geography columns (``bbox`` .. ``acquired_t2``) are null where a dataset knows no
+geography (LEVIR-CC, Dubai-CCD, the captioning benchmarks); shards written before they
+existed read with them null (:func:`read_table`, :func:`iter_rows`). ``bbox`` is a column
+of its own, beside the polygon, so a box filter is plain Arrow compute on four floats
+(``pc.list_element(bbox, i)``) without decoding geometry; the polygon is WKB (the
+GeoParquet encoding: compact, exact float64 vertices, vectorised by shapely) and the
+schema carries GeoParquet ``geo`` metadata naming it, so GeoPandas / DuckDB read it too.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +71,20 @@ SHARD_SCHEMA = pa.schema(
         pa.field("attributes", pa.map_(pa.string(), pa.string())),
         pa.field("objects", pa.list_(OBJECT_TYPE)),
         pa.field("source", pa.string()),
-    ]
+        pa.field("bbox", pa.list_(pa.float64(), 4)),
+        pa.field("footprint", pa.binary()),
+        pa.field("crs", pa.string()),
+        pa.field("gsd_m", pa.float64()),
+        pa.field("sensor", pa.string()),
+        pa.field("acquired", pa.timestamp("us", tz="UTC")),
+        pa.field("acquired_t2", pa.timestamp("us", tz="UTC")),
+    ],
+    # GeoParquet 1.1: the primary geometry column, WKB, lon/lat (no "crs" key = OGC:CRS84).
+    metadata={"geo": json.dumps({
+        "version": "1.1.0", "primary_column": "footprint",
+        "columns": {"footprint": {"encoding": "WKB", "geometry_types": ["Polygon"]}}})},
 )
+GEO_COLUMNS = ("bbox", "footprint", "crs", "gsd_m", "sensor", "acquired", "acquired_t2")
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -130,8 +160,20 @@ def make_row(
     attributes: Mapping[str, str] | None = None,
     objects: Iterable[Mapping[str, Any]] = (),
     source: str = "",
+    bbox: Sequence[float] | None = None,
+    footprint: bytes | None = None,
+    crs: str | None = None,
+    gsd_m: float | None = None,
+    sensor: str | None = None,
+    acquired: datetime | None = None,
+    acquired_t2: datetime | None = None,
 ) -> dict[str, Any]:
-    """A row of :data:`SHARD_SCHEMA` as a plain dict."""
+    """A row of :data:`SHARD_SCHEMA` as a plain dict (geography null unless given)."""
+    if bbox is not None and len(bbox) != 4:
+        raise ValueError(f"bbox {bbox!r}: expected [min_lon, min_lat, max_lon, max_lat]")
+    for name, when in (("acquired", acquired), ("acquired_t2", acquired_t2)):
+        if when is not None and when.tzinfo is None:
+            raise ValueError(f"{name} {when.isoformat()} has no time zone (UTC is expected)")
     return {
         "id": id,
         "split": split,
@@ -148,6 +190,13 @@ def make_row(
             for o in objects
         ],
         "source": source,
+        "bbox": [float(v) for v in bbox] if bbox is not None else None,
+        "footprint": footprint,
+        "crs": crs,
+        "gsd_m": float(gsd_m) if gsd_m is not None else None,
+        "sensor": sensor,
+        "acquired": acquired,
+        "acquired_t2": acquired_t2,
     }
 
 
@@ -258,7 +307,8 @@ def read_table(
     columns: list[str] | None = None,
     split: str | None = None,
 ) -> pa.Table:
-    """Read shards into one table (optionally only ``columns`` and one ``split``)."""
+    """Read shards into one table (optionally only ``columns`` and one ``split``); a column
+    of :data:`SHARD_SCHEMA` that a shard lacks (written before it existed) reads as null."""
     filters = [("split", "=", split)] if split is not None else None
     tables = [
         pq.read_table(p, columns=columns, filters=filters, schema=SHARD_SCHEMA)
@@ -270,10 +320,12 @@ def read_table(
 def iter_rows(
     path: str | os.PathLike[str], *, split: str | None = None, batch_size: int = 256
 ) -> Iterator[dict[str, Any]]:
-    """Stream rows shard by shard with bounded memory."""
+    """Stream rows shard by shard with bounded memory; a column of :data:`SHARD_SCHEMA` that
+    a shard lacks (one written before the geography columns) reads as null."""
     for p in shard_paths(path):
         pf = pq.ParquetFile(p)
+        missing = [name for name in SHARD_SCHEMA.names if name not in pf.schema_arrow.names]
         for batch in pf.iter_batches(batch_size=batch_size):
             for row in batch.to_pylist():
                 if split is None or row["split"] == split:
-                    yield row
+                    yield {**row, **dict.fromkeys(missing)}
