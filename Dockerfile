@@ -36,7 +36,7 @@ WORKDIR /home/ray/rsir
 # Dependencies and the package first (cached until pyproject.toml or platform/ change).
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users platform/ platform/
-RUN pip install ".[text,ann,tune,detect,translate]" \
+RUN pip install ".[text,ann,geo,tune,detect,translate]" \
     && python -m rsir.setup_offline \
     && rm -rf build platform/*.egg-info
 
