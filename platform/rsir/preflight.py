@@ -212,9 +212,7 @@ def start_job(check: Check, address: str | None, timeout_s: float,
     from rsir.cluster import init_ray
 
     if check.problems:
-        print(check.report(), flush=True)
-        raise PreflightError(f"{check.job} {check.recipe} stopped before starting: "
-                             + "; ".join(check.problems))
+        _stop(check)
     local = init_ray(address, env_vars=env_vars)
     preflight(check, local=local, timeout_s=timeout_s)
     return local
@@ -239,8 +237,14 @@ def preflight(check: Check, *, local: bool, timeout_s: float, poll_s: float = 5.
             short += f" (waited {timeout_s:.0f} s)"
     if short:
         check.problems.append(f"recipe {check.recipe}: {short}")
-    print(check.report(), flush=True)
     if check.problems:
-        raise PreflightError(f"{check.job} {check.recipe} stopped before starting: "
-                             + "; ".join(check.problems))
+        _stop(check)
+    print(check.report(), flush=True)
     return check
+
+
+def _stop(check: Check) -> None:
+    """Print the report and stop the job with every problem in the message."""
+    print(check.report(), flush=True)
+    raise PreflightError(f"{check.job} {check.recipe} stopped before starting: "
+                         + "; ".join(check.problems))
