@@ -211,3 +211,12 @@ def test_translation_arguments() -> None:
         parse_translations(["fr"])
     with pytest.raises(SystemExit, match="fr is given twice"):
         parse_translations(["fr=a", "fr=b"])
+
+
+def test_cli_names_an_unknown_dataset_and_the_valid_ones(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        rsir_main(["convert", "rsicd_precomp", "--src", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'rsicd_precomp'" in err and "rsicd-precomp" in err and "geotiff" in err
+    assert not (tmp_path / "out").exists()

@@ -163,8 +163,15 @@ LAYOUT_OPTIONS = {"image_dir": None, "objects": None, "translations": [], "limit
 
 
 def _check_convert_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """An option the chosen source does not read is an error, not silently ignored."""
+    """An unknown source, or an option the chosen source does not read, is an error (not a
+    traceback, not silently ignored)."""
     geo = args.dataset in GEO_SOURCES
+    if not geo:
+        from rsir.data.converters import CONVERTERS
+
+        if args.dataset not in CONVERTERS.names():
+            parser.error(f"convert: unknown dataset {args.dataset!r}; valid: "
+                         f"{', '.join([*CONVERTERS.names(), *GEO_SOURCES])}")
     for name, default in (LAYOUT_OPTIONS if geo else SCENE_OPTIONS).items():
         if getattr(args, name) != default:
             kind = "a dataset layout's" if geo else "geotiff / stac"

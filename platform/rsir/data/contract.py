@@ -37,7 +37,7 @@ FILL_COMMANDS = {
     "class_name": "rsir convert DATASET ... (a converter that knows the scene classes)",
     "attributes": "rsir convert patternnet ... (PATTERNCOM attribute CSVs)",
 }
-TRANSLATE_COMMAND = ("rsir translate --shards {shards} --out {shards}_{langs} --to {langs} "
+TRANSLATE_COMMAND = ("rsir translate --shards {shards} --out {shards}_translated --to {langs} "
                      "--model MODEL_DIR, or rsir convert DATASET ... --translations LANG=PATH")
 
 
