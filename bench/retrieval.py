@@ -2,7 +2,8 @@
 
 1. Exact top-k (rsir ExactSearcher) vs numpy argsort and vs FAISS IndexFlatIP,
    1M x 128 float32 archive, 1000 queries, k = 10.
-2. Multivariate rerank on a 1000 x 5000 matrix vs per-query loops.
+2. Multivariate rerank on a 1000 x 5000 matrix vs the GaLR authors' loops
+   (re-stated in tests/galr_authors.py), with both tie rules.
 3. Caption-metric protocol: the nltk backend cached vs scoring every (hypothesis,
    references) afresh (Dubai-CC val+test); and the time of the coco (default) and nltk
    backends on the demo-sized case (the demo world's 1,050 val+test pairs, 5 rounds, top-5).
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
-from math import exp
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from rsir.retrieval.rerank import multivariate_rerank
 from rsir.retrieval.topk import ExactSearcher
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # galr_authors
 
 
 def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
@@ -67,53 +69,23 @@ def bench_topk(n: int, d: int, n_q: int, k: int, argsort_q: int) -> None:
           f" max score diff {np.abs(s_f - s_ex).max():.2e}")
 
 
-def mr_direct_loop(sim: np.ndarray, k: int, w_c1: float = 0.5, w_c2: float = 1.25, xi: float = 0.05) -> np.ndarray:
-    """The paper's equations per image query: sort its row, and each candidate's column."""
-    sim = sim.astype(np.float32)
-    out = np.zeros(sim.shape, dtype=np.float32)
-    col_sum = sim.sum(axis=0, dtype=np.float64)
-    for i in range(sim.shape[0]):
-        cand = np.argsort(-sim[i], kind="stable")[:k]
-        reverse = [int(np.flatnonzero(np.argsort(-sim[:, t], kind="stable") == i)[0]) for t in cand]
-        for r, pos in enumerate(np.argsort(reverse, kind="stable")):
-            out[i, cand[pos]] += w_c1 * exp(-xi * (r + 1))
-        for j, t in enumerate(cand):
-            out[i, t] += exp(-xi * (j + 1)) + w_c2 * sim[i, t] / col_sum[t]
-    return out
-
-
-def mr_presorted_loop(sim: np.ndarray, k: int, w_c1: float = 0.5, w_c2: float = 1.25, xi: float = 0.05) -> np.ndarray:
-    """The authors' structure: two global argsorts, then a loop over queries x candidates."""
-    sim = sim.astype(np.float32)
-    out = np.zeros(sim.shape, dtype=np.float32)
-    row_order = np.argsort(-sim, axis=1, kind="stable")
-    col_order = np.argsort(-sim, axis=0, kind="stable")
-    for i in range(sim.shape[0]):
-        cand = row_order[i, :k]
-        reverse = [int(np.flatnonzero(col_order[:, t] == i)[0]) for t in cand]
-        for r, pos in enumerate(np.argsort(reverse, kind="stable")):
-            out[i, cand[pos]] += w_c1 * exp(-xi * (r + 1))
-        for j, t in enumerate(cand):
-            out[i, t] += exp(-xi * (j + 1)) + w_c2 * sim[i, t] / np.sum(sim[:, t], dtype=np.float64)
-    return out
-
-
 def bench_mr(n_i: int, n_t: int, k: int) -> None:
+    """Both tie rules against the authors' loops (tests/galr_authors.py), which they equal."""
+    from galr_authors import authors_i2t, authors_t2i
+
     sim = np.random.default_rng(1).random((n_i, n_t)).astype(np.float32)
-    multivariate_rerank(sim[:50, :100], k=k)  # warm-up
-    runs = [timed(multivariate_rerank, sim, k)[1] for _ in range(3)]
-    (i2t, t2i), _ = timed(multivariate_rerank, sim, k)
-    t_vec = min(runs)
-    print(f"[mr] {n_i} x {n_t}, k={k}: vectorised (both directions) best of 3 {t_vec:.3f} s"
-          f" (runs {', '.join(f'{r:.3f}' for r in runs)})")
-    for name, loop in (("presorted loop (authors' structure)", mr_presorted_loop),
-                       ("direct per-query loop (paper equations)", mr_direct_loop)):
-        a, t_a = timed(loop, sim, k)
-        b_t, t_b = timed(loop, sim.T, k)
-        b = b_t.T
-        diff = max(np.abs(a - i2t).max(), np.abs(b - t2i).max())
-        print(f"  {name}: i2t {t_a:.2f} s + t2i {t_b:.2f} s = {t_a + t_b:.2f} s"
-              f"  -> speed-up {(t_a + t_b) / t_vec:.0f}x; max |diff| {diff:.1e}")
+    print(f"[mr] {n_i} x {n_t}, k={k}")
+    a_i2t, t_i2t = timed(authors_i2t, sim, k, 0.5, 1.25)
+    a_t2i, t_t2i = timed(authors_t2i, sim, k, 0.5, 1.25)
+    t_authors = t_i2t + t_t2i
+    print(f"  authors' loops (i2t_rerank_optim + t2i_rerank_optim): {t_i2t:.2f} s + {t_t2i:.2f} s")
+    for ties in ("numpy", "stable"):
+        multivariate_rerank(sim[:50, :100], k=k, ties=ties)  # warm-up
+        runs = [timed(multivariate_rerank, sim, k, ties=ties)[1] for _ in range(3)]
+        i2t, t2i = multivariate_rerank(sim, k, ties=ties)
+        diff = max(np.abs(a_i2t - i2t).max(), np.abs(a_t2i - t2i).max())
+        print(f"  vectorised, ties={ties} (both directions) best of 3 {min(runs):.3f} s"
+              f"  -> speed-up {t_authors / min(runs):.0f}x; max |diff| to the authors' {diff:.1e}")
 
 
 def bench_captions(rounds: int, top_k: int) -> None:

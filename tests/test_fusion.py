@@ -32,7 +32,8 @@ def test_gff_operators() -> None:
     cat = GlobalConcatFusion(8)
     sub = GlobalSubtractionFusion(8)
     assert cat.out_dim == 16 and sub.out_dim == 8
-    torch.testing.assert_close(cat(t1, t2), torch.cat([t1["global"], t2["global"]], -1))
+    # eq. (5): Concat(f^{I_t2}, f^{I_t1}), date 2 first
+    torch.testing.assert_close(cat(t1, t2), torch.cat([t2["global"], t1["global"]], -1))
     torch.testing.assert_close(sub(t1, t2), t2["global"] - t1["global"])
     assert torch.equal(sub(t1, t1), torch.zeros(B, 8))  # no change, no feature
 
@@ -40,65 +41,107 @@ def test_gff_operators() -> None:
 def test_tff_registered_and_shapes() -> None:
     fusion = FUSIONS.build("tff", width=8, token_width=D, heads=4, stages=2)
     assert isinstance(fusion, TransformerFeatureFusion)
-    assert fusion.out_dim == 2 * D and len(fusion.stages) == 2
+    assert fusion.out_dim == 2 * D and len(fusion.stages) == 2 and len(fusion.layers) == 2
     t1, t2 = _dates()
     out = fusion(t1, t2)
     assert out.shape == (B, fusion.out_dim)
     assert torch.isfinite(out).all()
-    assert len(_tff().stages) == 3  # the paper's l = 3 is the default
+    assert len(_tff().stages) == 3 and len(_tff().layers) == 3  # the paper's l = 3 is the default
+    assert len(_tff(cross_layers="single").layers) == 1
+    with pytest.raises(ValueError, match="cross_layers"):
+        _tff(cross_layers="parallel")
+
+
+def _attention(layer, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Eqs. (7)-(9) by hand: per head softmax(Q K^T / sqrt(d_h)) V, heads concatenated, W^O."""
+    attn = layer.attn
+    d, h = attn.embed_dim, attn.num_heads
+    w_q, w_k, w_v = attn.in_proj_weight.split(d)
+    def heads(x):
+        return x.reshape(x.shape[0], x.shape[1], h, d // h).transpose(1, 2)
+    qh, kh, vh = heads(q @ w_q.T), heads(kv @ w_k.T), heads(kv @ w_v.T)
+    a = torch.softmax(qh @ kh.transpose(-1, -2) / (d // h) ** 0.5, dim=-1) @ vh
+    return a.transpose(1, 2).reshape(q.shape[0], q.shape[1], d) @ attn.out_proj.weight.T
+
+
+def _layer_by_hand(layer, f: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    h = layer.norm1(f + _attention(layer, f, s))  # eq. (10)
+    return layer.norm2(h + layer.ffn(h))  # eq. (11)
+
+
+def _stage_by_hand(stage, x: torch.Tensor, side: int) -> torch.Tensor:
+    b, t, c = x.shape
+    r = stage.r(x.transpose(1, 2).reshape(b, c, side, side)).reshape(b, c, t).transpose(1, 2)
+    return stage.norm(torch.relu(x + r))  # RSICCformer resblock: ReLU after the residual sum
+
+
+def rsiccformer_reference(fusion, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+    """RSICCformer's MCCFormers_diff_as_Q.forward, re-stated: each cross layer recomputes
+    the difference of the previous layer's outputs and attends each date to it; MBF stage
+    i adds the concat of layer i's outputs to the running feature, resblock, LN."""
+    outs1, outs2 = [], []
+    for layer in fusion.layers:
+        dif = f2 - f1
+        f1, f2 = _layer_by_hand(layer, f1, dif), _layer_by_hand(layer, f2, dif)
+        outs1.append(f1)
+        outs2.append(f2)
+    out = torch.zeros(f1.shape[0], f1.shape[1], 2 * f1.shape[2])
+    for i, stage in enumerate(fusion.stages):
+        out = _stage_by_hand(stage, out + torch.cat([outs1[i], outs2[i]], dim=-1), 4)
+    return out.mean(dim=1)
+
+
+def eq12_as_printed_reference(fusion, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+    """One cross layer; every stage adds the same c = Concat(f''_1, f''_2) (eq. 12)."""
+    layer = fusion.layers[0]
+    c = torch.cat([_layer_by_hand(layer, f1, f2 - f1), _layer_by_hand(layer, f2, f2 - f1)], dim=-1)
+    out = torch.zeros_like(c)
+    for stage in fusion.stages:
+        out = _stage_by_hand(stage, c + out, 4)
+    return out.mean(dim=1)
+
+
+@pytest.mark.parametrize("cross_layers", ["stacked", "single"])
+def test_tff_equals_an_independent_restatement(cross_layers: str) -> None:
+    fusion = _tff(cross_layers=cross_layers).eval()
+    t1, t2 = _dates()
+    reference = rsiccformer_reference if cross_layers == "stacked" else eq12_as_printed_reference
+    with torch.no_grad():
+        expected = reference(fusion, t1["tokens"], t2["tokens"])
+        torch.testing.assert_close(fusion(t1, t2), expected, rtol=0, atol=2e-5)
+    # the two readings are different models (same weights where they share them)
+    stacked, single = _tff().eval(), _tff(cross_layers="single").eval()
+    single.load_state_dict({k: v for k, v in stacked.state_dict().items()
+                            if not k.startswith(("layers.1", "layers.2"))})
+    with torch.no_grad():
+        assert (stacked(t1, t2) - single(t1, t2)).abs().max() > 1e-3
 
 
 def test_tff_identical_dates_attention_contributes_nothing() -> None:
-    """s = f2 - f1 = 0 is the key and value: with the paper's bias-free W^K, W^V, W^O the
-    multi-head output is exactly zero, so eq. (10) reduces to LN(f) and no attention
-    weight can change the fused feature; with a change, the attention weights matter."""
+    """s = f2 - f1 = 0 is the key and value at every layer: with the paper's bias-free
+    W^K, W^V, W^O the multi-head output is exactly zero, so eq. (10) reduces to LN(f) and
+    no attention weight can change the fused feature; with a change, they matter."""
     fusion = _tff().eval()
     t1, t2 = _dates()
     f = t1["tokens"]
     zero = torch.zeros_like(f)
-    assert torch.equal(fusion.cross_attend(f, zero), zero)
+    for layer in fusion.layers:
+        assert torch.equal(layer.cross_attend(f, zero), zero)
+
+    def redraw_attention(module) -> None:
+        with torch.no_grad():
+            for layer in module.layers:
+                for p in layer.attn.parameters():
+                    p.normal_()
 
     same = fusion(t1, t1)
-    with torch.no_grad():  # re-draw every attention matrix (W^Q, W^K, W^V, W^O)
-        for p in fusion.attn.parameters():
-            p.normal_()
+    redraw_attention(fusion)
     assert torch.equal(fusion(t1, t1), same)
 
     changed = _tff().eval()
     before = changed(t1, t2)
-    with torch.no_grad():
-        for p in changed.attn.parameters():
-            p.normal_()
+    redraw_attention(changed)
     assert not torch.allclose(changed(t1, t2), before)
-
-
-def test_tff_identical_dates_equal_attention_free_reference() -> None:
-    """Identical dates, recomputed by hand: f'' = LN(LN(f) + g(LN(f))) for both dates,
-    c = [f'', f''], then the fusion stages on c and global average pooling."""
-    fusion = _tff().eval()
-    t1, _ = _dates()
-    f = t1["tokens"]
-    with torch.no_grad():
-        h = fusion.norm1(f)  # eq. (10) with MultiHead = 0
-        h = fusion.norm2(h + fusion.ffn(h))  # eq. (11)
-        c = torch.cat([h, h], dim=-1)
-        x = torch.zeros_like(c)
-        for stage in fusion.stages:
-            x = stage(c + x, 4)
-        expected = x.mean(dim=1)
-        torch.testing.assert_close(fusion(t1, t1), expected, rtol=0, atol=1e-6)
-
-
-def test_tff_stacked_query_equals_one_attention_per_date() -> None:
-    """Both dates as one 2T-long query == the shared-weight attention run per date."""
-    fusion = _tff().eval()
-    t1, t2 = _dates()
-    f1, f2 = t1["tokens"], t2["tokens"]
-    s = f2 - f1
-    with torch.no_grad():
-        stacked = fusion.encode_dates(torch.cat([f1, f2], dim=1), s)
-        per_date = torch.cat([fusion.encode_dates(f1, s), fusion.encode_dates(f2, s)], dim=1)
-    torch.testing.assert_close(stacked, per_date, atol=1e-6, rtol=0)
 
 
 def test_tff_gradients_reach_every_parameter() -> None:

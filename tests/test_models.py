@@ -550,3 +550,38 @@ def test_init_from_a_single_image_run_loads_the_towers_of_a_pair_model(tmp_path:
     torch.save({"model": {"unrelated.weight": torch.zeros(3)}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="no tensor matches"):
         load_weights(pair, tmp_path / "other.pt", strict=False)
+
+
+def _activations(module: torch.nn.Module) -> set[str]:
+    return {type(m).__name__ for m in module.modules() if type(m).__name__ in ("QuickGELU", "GELU")}
+
+
+def _openai_towers(path: Path) -> list[tuple[str, dict]]:
+    from rsir.config import load_yaml
+
+    model = load_yaml(path).get("model") or {}
+    return [(kind, model[kind]) for kind in ("image_tower", "text_tower")
+            if isinstance(model.get(kind), dict) and model[kind].get("name") == "open_clip"
+            and (model[kind].get("options") or {}).get("pretrained") == "openai"]
+
+
+OPENAI_RECIPES = [p for p in sorted((REPO / "configs").glob("*.yaml")) if _openai_towers(p)]
+
+
+@pytest.mark.parametrize("path", OPENAI_RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_with_openai_weights_builds_quickgelu(path: Path) -> None:
+    """OpenAI's CLIP was trained with QuickGELU; a recipe loading it must build that variant.
+    Each such tower is built from the recipe's own options (tiny architecture, no weights)."""
+    assert len(OPENAI_RECIPES) >= 10  # the time-series, multilingual and WEICOM recipes
+    for kind, tower in _openai_towers(path):
+        options = {**tower["options"], "model_name": "rsir-tiny", "pretrained": None}
+        options.pop("in_channels", None)  # widening the patch embedding is beside the point
+        built = (OpenClipImageTower if kind == "image_tower" else OpenClipTextTower)(**options)
+        assert _activations(built) == {"QuickGELU"}, f"{path.name} {kind}: {_activations(built)}"
+
+
+def test_openai_tag_without_quickgelu_is_refused_and_the_option_builds_it() -> None:
+    with pytest.raises(ValueError, match="quick_gelu: true"):
+        OpenClipImageTower("rsir-tiny", pretrained="openai")
+    assert _activations(OpenClipTextTower("rsir-tiny")) == {"GELU"}
+    assert _activations(OpenClipTextTower("rsir-tiny", quick_gelu=True)) == {"QuickGELU"}

@@ -164,6 +164,9 @@ class EvalConfig:
     rerank_k: int = 25
     w_c1: float = 0.5
     w_c2: float = 1.25
+    # MR's order of tied reverse ranks (and tied similarities): `numpy` as the GaLR authors'
+    # code (numpy's default argsort, their numbers), `stable` by index (rsir.retrieval.rerank).
+    rerank_ties: Literal["numpy", "stable"] = "numpy"
     # Pairs: the time-series paper's caption-metric protocol (BLEU, METEOR, ROUGE-L of the
     # retrieved captions, on val+test merged). Tens of thousands of METEOR scores.
     caption_protocol: bool = True

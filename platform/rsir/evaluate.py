@@ -105,7 +105,8 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | None, out: Path) -> dict[str, 
     if conversion is not None:
         report["conversion"] = conversion
     if len(texts):
-        rerank = ({"k": cfg.eval.rerank_k, "w_c1": cfg.eval.w_c1, "w_c2": cfg.eval.w_c2}
+        rerank = ({"k": cfg.eval.rerank_k, "w_c1": cfg.eval.w_c1, "w_c2": cfg.eval.w_c2,
+                   "ties": cfg.eval.rerank_ties}
                   if cfg.eval.rerank else None)
         report["recall"] = rep.recall_section(sim, owner, cfg.eval.ks, rerank)
     else:

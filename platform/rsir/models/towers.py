@@ -36,12 +36,21 @@ def _open_clip():
     return open_clip
 
 
-def create_open_clip(model_name: str, pretrained: str | None = None) -> nn.Module:
-    """An open_clip model by name; ``pretrained`` is a tag or a local file (None: random)."""
+def create_open_clip(model_name: str, pretrained: str | None = None, quick_gelu: bool = False) -> nn.Module:
+    """An open_clip model by name; ``pretrained`` is a tag or a local file (None: random).
+
+    OpenAI's CLIP weights were trained with QuickGELU, but open_clip builds ``ViT-B-16`` etc.
+    with GELU and only warns when given them; ``quick_gelu`` builds the variant they
+    expect. The ``openai`` tag without it is refused rather than silently mismatched (a
+    local file of OpenAI weights cannot be recognised: its recipe sets ``quick_gelu``).
+    """
     open_clip = _open_clip()
+    if pretrained == "openai" and not quick_gelu and "quickgelu" not in model_name.lower():
+        raise ValueError(f"{model_name} with pretrained 'openai': OpenAI's weights were trained with "
+                         "QuickGELU; set the tower option quick_gelu: true")
     if pretrained and not Path(pretrained).exists() and "/" in pretrained:
         raise FileNotFoundError(f"pretrained weights {pretrained!r}: no such file")
-    return open_clip.create_model(model_name, pretrained=pretrained or None)
+    return open_clip.create_model(model_name, pretrained=pretrained or None, force_quick_gelu=quick_gelu)
 
 
 def residual_blocks(module: nn.Module) -> list[nn.Module]:
@@ -84,11 +93,12 @@ class OpenClipImageTower(nn.Module):
         unfreeze_last: int = 0,
         in_channels: int = 3,
         pool: str = "tok",
+        quick_gelu: bool = False,
     ) -> None:
         super().__init__()
         if pool not in ("tok", "gap"):
             raise ValueError(f"image tower pool {pool!r}: expected 'tok' or 'gap'")
-        clip = create_open_clip(model_name, pretrained)
+        clip = create_open_clip(model_name, pretrained, quick_gelu)
         self.pretrained = pretrained
         # open_clip's evaluation transform of this model (size, mean, std, interpolation,
         # resize_mode), the preprocessing its pretrained weights expect.
@@ -145,12 +155,13 @@ class OpenClipTextTower(nn.Module):
         unfreeze_last: int = 0,
         context_length: int | None = None,
         pool: str = "argmax",
+        quick_gelu: bool = False,
     ) -> None:
         super().__init__()
         if pool not in ("argmax", "gap"):
             raise ValueError(f"text tower pool {pool!r}: expected 'argmax' or 'gap'")
         open_clip = _open_clip()
-        clip = create_open_clip(model_name, pretrained)
+        clip = create_open_clip(model_name, pretrained, quick_gelu)
         clip.visual = nn.Identity()  # this tower keeps only the text half
         if pool == "gap" and not hasattr(clip, "token_embedding"):
             raise ValueError(f"{model_name}: pool='gap' needs CLIP's own text transformer")

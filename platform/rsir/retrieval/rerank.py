@@ -9,24 +9,29 @@ authors' implementation (xiaoyuan1996/GaLR, ``postprocessing/rerank.py``,
   (``np.sum(sim[:, t])``), not a softmax; for t2i it is the row sum over all texts.
 * Their code silently raises k to at least 10 (``K1 = max(10, K1)``); here k is used as
   given, so results are identical for k >= 10 (the paper's k = 25).
-* Their sorts use numpy's default (unstable) quicksort, so tied similarities, and tied
-  reverse ranks among the k candidates, come out in an unspecified order. Here every
-  order is stable: tied similarities rank by lower index first, tied reverse ranks keep
-  the forward order. Without ties both agree exactly.
+* Ties. Tied reverse ranks among the k candidates are common (an image is often first in
+  the rankings of several of its own captions), and their order decides ``r``. The authors
+  order the candidates with ``np.argsort`` of the float64 reverse positions, numpy's
+  default kind, which is not stable (numpy's SIMD sorts reorder ties even in 10 elements);
+  their forward rankings are ``np.argsort(-sim)`` of the same kind. ``ties="numpy"`` (the
+  default) makes exactly those calls, one row per query (numpy sorts each row of a 2-D
+  argsort as the same 1-D call), so the scores equal theirs, ties included.
+  ``ties="stable"`` orders every tie deterministically instead: tied similarities by lower
+  index, tied reverse ranks by forward rank. Without ties both agree exactly.
 * Ranks are taken on float32 similarities (as the authors' float32 outputs); ``c_s``
   is computed in float64 from those values and the result is float32.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from rsir.metrics.retrieval import as_numpy
 
 
-def _order_and_rank(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _stable_order_and_rank(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row of float32 ``v``: stable descending order, and its inverse (rank of each item).
 
     A float32's bits, sign-folded, order like the float; negated and packed above the
@@ -47,18 +52,30 @@ def _order_and_rank(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, rank
 
 
+def _numpy_order_and_rank(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the authors' ``np.argsort(-v)`` (numpy's default kind), and its inverse.
+    (Float32 similarities tie often: 5000 values in one row hold a tie more often than not.)"""
+    order = np.argsort(-v, axis=1)
+    rank = np.empty(v.shape, dtype=np.intp)
+    rank[np.arange(v.shape[0])[:, None], order] = np.arange(v.shape[1])
+    return order, rank
+
+
 def _one_direction(
     v: np.ndarray, order: np.ndarray, reverse_rank_t: np.ndarray, k: int,
-    w_c1: float, w_c2: float, xi: float,
+    w_c1: float, w_c2: float, xi: float, ties: str,
 ) -> np.ndarray:
-    """MR scores for queries = rows of ``v`` [Q, C]. ``order`` is each row's stable
-    descending order; ``reverse_rank_t[c, q]`` is where q ranks in candidate c's ranking."""
+    """MR scores for queries = rows of ``v`` [Q, C]. ``order`` is each row's descending
+    order; ``reverse_rank_t[c, q]`` is where q ranks in candidate c's ranking."""
     n_q = v.shape[0]
     rows = np.arange(n_q)[:, None]
     cand = order[:, :k]  # forward top-k, j = 0..k-1
     reverse = reverse_rank_t[cand, rows]
-    # Order candidates by reverse rank, ties keeping forward order (unique composite key).
-    by_reverse = np.argsort(reverse * k + np.arange(k), axis=1)
+    if ties == "numpy":
+        # The authors' ``np.argsort(address)``: float64 positions, default kind.
+        by_reverse = np.argsort(reverse.astype(np.float64), axis=1)
+    else:  # stable: ties keep forward order (unique composite key)
+        by_reverse = np.argsort(reverse * k + np.arange(k), axis=1)
     r = np.empty_like(by_reverse)
     r[rows, by_reverse] = np.arange(k)
     decay = np.exp(-xi * (np.arange(k) + 1.0))
@@ -68,8 +85,13 @@ def _one_direction(
     return out
 
 
+RerankTies = Literal["numpy", "stable"]
+RERANK_TIES: tuple[str, ...] = ("numpy", "stable")
+
+
 def multivariate_rerank(
-    sim: Any, k: int = 25, w_c1: float = 0.5, w_c2: float = 1.25, xi: float = 0.05
+    sim: Any, k: int = 25, w_c1: float = 0.5, w_c2: float = 1.25, xi: float = 0.05,
+    ties: RerankTies = "numpy",
 ) -> tuple[np.ndarray, np.ndarray]:
     """MR scores ``(i2t, t2i)``, both of ``sim``'s shape ``[N_images, N_texts]``.
 
@@ -77,8 +99,11 @@ def multivariate_rerank(
     ``exp(-xi (j+1)) + w_c1 exp(-xi (r+1)) + w_c2 sim[i,t] / sum_rows sim[:,t]``, where r
     is t's position once the k candidates are ordered by where i ranks in t's ranking of
     all images; 0 outside the top-k. Rank i2t by rows of the first matrix and t2i by
-    columns of the second (text->image is the same computation on ``sim.T``).
+    columns of the second (text->image is the same computation on ``sim.T``). ``ties``:
+    ``numpy`` orders ties as the authors' code does, ``stable`` by index (module docstring).
     """
+    if ties not in RERANK_TIES:
+        raise ValueError(f"ties must be one of {list(RERANK_TIES)}, got {ties!r}")
     v = np.ascontiguousarray(as_numpy(sim), dtype=np.float32)
     if v.ndim != 2:
         raise ValueError(f"sim must be [N_images, N_texts], got shape {v.shape}")
@@ -89,8 +114,9 @@ def multivariate_rerank(
     vt = np.ascontiguousarray(v.T)
     # Two full sorts serve both directions: image rows give i2t candidates and t2i reverse
     # ranks; text rows (columns of sim) give t2i candidates and i2t reverse ranks.
-    img_order, img_rank = _order_and_rank(v)
-    txt_order, txt_rank = _order_and_rank(vt)
-    i2t = _one_direction(v, img_order, txt_rank, k, w_c1, w_c2, xi)
-    t2i = _one_direction(vt, txt_order, img_rank, k, w_c1, w_c2, xi)
+    order_and_rank = _numpy_order_and_rank if ties == "numpy" else _stable_order_and_rank
+    img_order, img_rank = order_and_rank(v)
+    txt_order, txt_rank = order_and_rank(vt)
+    i2t = _one_direction(v, img_order, txt_rank, k, w_c1, w_c2, xi, ties)
+    t2i = _one_direction(vt, txt_order, img_rank, k, w_c1, w_c2, xi, ties)
     return i2t, np.ascontiguousarray(t2i.T)

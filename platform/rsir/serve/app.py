@@ -454,11 +454,11 @@ class Ingress:
         if kind == "text":  # images are rows: candidates x (query + caption pool)
             sim = cand @ np.vstack([q[None], pool]).T
             kk = max(1, min(rc.candidates, *sim.shape))
-            _, t2i = multivariate_rerank(sim, kk, rc.w_c1, rc.w_c2)
+            _, t2i = multivariate_rerank(sim, kk, rc.w_c1, rc.w_c2, ties=rc.ties)
             return t2i[:, 0]
         sim = np.vstack([q[None], pool]) @ cand.T  # (query + image pool) x caption candidates
         kk = max(1, min(rc.candidates, *sim.shape))
-        i2t, _ = multivariate_rerank(sim, kk, rc.w_c1, rc.w_c2)
+        i2t, _ = multivariate_rerank(sim, kk, rc.w_c1, rc.w_c2, ties=rc.ties)
         return i2t[0]
 
     async def _guard(self, request: Request, coro_fn) -> Response:

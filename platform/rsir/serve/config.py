@@ -61,6 +61,7 @@ class RerankConfig:
     candidates: int = 25
     w_c1: float = 0.5
     w_c2: float = 1.25
+    ties: Literal["numpy", "stable"] = "numpy"  # as eval.rerank_ties
 
 
 @dataclass(frozen=True)

@@ -145,5 +145,6 @@ def score_rerank(payload: dict[str, Any], params: dict[str, Any],
     k = int(params.get("eval.rerank_k", 25))
     i2t, t2i = multivariate_rerank(sim, k=min(k, min(sim.shape)),
                                    w_c1=float(params.get("eval.w_c1", 0.5)),
-                                   w_c2=float(params.get("eval.w_c2", 1.25)))
+                                   w_c2=float(params.get("eval.w_c2", 1.25)),
+                                   ties=params.get("eval.rerank_ties", "numpy"))
     return _recall_metrics(i2t, t2i, text_image, ks)
