@@ -255,6 +255,28 @@ class CandidateSearcher(Protocol):
                rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+def top_k_of_scores(scores: np.ndarray, k: int,
+                    ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each row of ``scores`` [Q, m] by decreasing score (ties: the lower
+    id first): ``(scores [Q, k], ids [Q, k])``, ``ids`` naming the m columns (0..m-1 when
+    None), padded with -inf / -1 beyond m."""
+    scores = np.atleast_2d(scores)
+    n_q, m = scores.shape
+    ids = np.arange(m) if ids is None else np.asarray(ids, dtype=np.int64)
+    out_s = np.full((n_q, k), -np.inf, dtype=np.float32)
+    out_r = np.full((n_q, k), -1, dtype=np.int64)
+    if m == 0:
+        return out_s, out_r
+    kk = min(k, m)
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < m else \
+        np.broadcast_to(np.arange(m), (n_q, m))
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((ids[part], -top), axis=1)
+    out_s[:, :kk] = np.take_along_axis(top, order, axis=1)
+    out_r[:, :kk] = ids[np.take_along_axis(part, order, axis=1)]
+    return out_s, out_r
+
+
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int,
                 rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner product of ``queries`` [Q, d] among ``rows`` of ``vectors`` (all
@@ -262,22 +284,7 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int,
     -1 beyond the candidates. Ties go to the lower row."""
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     pool = vectors if rows is None else vectors[rows]
-    ids = np.arange(len(vectors)) if rows is None else np.asarray(rows, dtype=np.int64)
-    n_q, m = len(queries), len(pool)
-    out_s = np.full((n_q, k), -np.inf, dtype=np.float32)
-    out_r = np.full((n_q, k), -1, dtype=np.int64)
-    if m == 0:
-        return out_s, out_r
-    scores = queries @ pool.T  # [Q, m]
-    kk = min(k, m)
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < m else \
-        np.broadcast_to(np.arange(m), (n_q, m))
-    top = np.take_along_axis(scores, part, axis=1)
-    # Decreasing score, then increasing row: a deterministic order for ties.
-    order = np.lexsort((ids[part], -top), axis=1)
-    out_s[:, :kk] = np.take_along_axis(top, order, axis=1)
-    out_r[:, :kk] = ids[np.take_along_axis(part, order, axis=1)]
-    return out_s, out_r
+    return top_k_of_scores(queries @ pool.T, k, rows)
 
 
 class Oversampling:

@@ -1,8 +1,10 @@
-"""The Ray Serve application: image and text encoders (dynamic batching) behind one
-FastAPI ingress that holds the archives, scores queries and hot-swaps archive versions.
-The roles live in their own modules: ``encoders`` (the encoder deployments), ``archives``
-(loading and polling archive versions), ``search`` (where scoring runs), ``media`` (page
-and thumbnails), ``ingress`` (the HTTP API); this one builds the application.
+"""The Ray Serve application: image and text encoders (dynamic batching) and the search
+shards (each archive split in ``search.shards`` blocks of rows) behind one FastAPI ingress
+that validates queries, fans them out to the shards, merges their top-k and hot-swaps
+archive versions. The roles live in their own modules: ``encoders`` (the encoder
+deployments), ``shard`` (the shard deployment), ``archives`` (loading and polling archive
+versions), ``search`` (what shards and ingress compute), ``media`` (page, thumbnails,
+GeoJSON), ``ingress`` (the HTTP API); this one builds the application.
 
 Import path (k8s RayService contract): ``rsir.serve.app:build_app_from_config`` with
 ``args: {config: configs/serve.yaml}``. Locally: ``rsir serve --config configs/serve.yaml``.
@@ -19,6 +21,7 @@ from rsir.config import RecipeConfig, from_dict, load_config, to_dict
 from rsir.serve.config import PROXY_ENV, EncoderConfig, ServeConfig
 from rsir.serve.encoders import ImageEncoder, TextEncoder
 from rsir.serve.ingress import Ingress
+from rsir.serve.shard import SearchShard
 
 
 def _abs(path: str | None) -> str | None:
@@ -71,7 +74,8 @@ def _encoder_options(enc: EncoderConfig) -> dict[str, Any]:
 
 
 def build_app(cfg: ServeConfig):
-    """The bound Serve application (ingress + two encoders) of a serving config."""
+    """The bound Serve application (ingress, two encoders, the search shards) of a serving
+    config."""
     cfg = resolve_paths(cfg)
     recipe = load_recipe(cfg)
     image = ImageEncoder.options(**_encoder_options(cfg.image_encoder)).bind(
@@ -85,7 +89,19 @@ def build_app(cfg: ServeConfig):
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
     )
-    return ingress.bind(to_dict(cfg), recipe, image, text)
+    return ingress.bind(to_dict(cfg), recipe, image, text, *search_shards(cfg))
+
+
+def search_shards(cfg: ServeConfig) -> list[Any]:
+    """One deployment per shard (``SearchShard0`` ...): Serve restarts a replica of one
+    while the others keep answering."""
+    s = cfg.search
+    roots = {t: r for t, r in dataclasses.asdict(cfg.archives).items() if r}
+    return [SearchShard.options(name=f"SearchShard{i}", num_replicas=s.replicas,
+                                ray_actor_options={"num_cpus": s.num_cpus},
+                                max_ongoing_requests=s.max_ongoing_requests)
+            .bind(roots, i, s.shards, s.exact_max_candidates, cfg.poll_interval_s)
+            for i in range(s.shards)]
 
 
 def build_app_from_config(args: dict[str, Any]):

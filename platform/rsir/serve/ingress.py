@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import hmac
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
 
 from rsir.config import RecipeConfig, from_dict
-from rsir.serve.archives import ArchiveSet, Found, Loaded, Poller
+from rsir.serve.archives import Poller, Version, VersionIndex
 from rsir.serve.batching import Batcher
 from rsir.serve.config import ServeConfig
-from rsir.serve.media import STATIC, Thumbnails, to_png
+from rsir.serve.media import GEOJSON, STATIC, Thumbnails, feature_collection, to_png
 from rsir.serve.requests import ApiError, SearchRequest, parse_embed, parse_search
-from rsir.serve.search import composed_top_k, rerank_scores, score_batch
+from rsir.serve.search import Query, merge_hits, rerank_scores
+
+log = logging.getLogger(__name__)
 
 api = FastAPI(
     title="rsir",
@@ -41,7 +44,7 @@ class Ingress:
     """Validates requests, asks the encoders for query vectors, scores the archives."""
 
     def __init__(self, cfg: dict[str, Any], recipe: dict[str, Any], image_encoder: Any,
-                 text_encoder: Any) -> None:
+                 text_encoder: Any, *shards: Any) -> None:
         self.cfg: ServeConfig = from_dict(ServeConfig, cfg, "serve config")
         recipe_cfg = from_dict(RecipeConfig, recipe, "recipe")
         self.bands = list(recipe_cfg.data.bands)
@@ -53,7 +56,8 @@ class Ingress:
         self.static_key = key or None
         self.api_key = self.static_key
         self.roots = {t: r for t, r in dataclasses.asdict(self.cfg.archives).items() if r}
-        self.held = ArchiveSet(self.roots)
+        self.shards = list(shards)
+        self.index = VersionIndex(self.roots, len(self.shards))
         self.text_top_k = Batcher(self._text_batch, self.cfg.ingress.max_batch_size)
         self.top_k = Batcher(self._top_k_batch, self.cfg.ingress.max_batch_size)
         self._poll_once()
@@ -62,12 +66,12 @@ class Ingress:
         self._poller = Poller(self._poll_once, self.cfg.poll_interval_s, "archive-poller")
 
     @property
-    def archives(self) -> dict[str, Loaded]:
-        return self.held.archives
+    def archives(self) -> dict[str, Version]:
+        return self.index.serving
 
     @property
     def swaps(self) -> int:
-        return self.held.swaps
+        return self.index.swaps
 
     # -- archives ---------------------------------------------------------------------
 
@@ -78,7 +82,7 @@ class Ingress:
             except OSError:
                 key = ""
             self.api_key = key or self.static_key
-        self.held.poll_once()
+        self.index.poll_once()
 
     def __del__(self) -> None:
         poller = getattr(self, "_poller", None)
@@ -126,78 +130,120 @@ class Ingress:
             return None
         return f"/v1/thumbnails/{id_}" + ("?date=2" if date == 2 else "")
 
-    def _describe(self, target: str, loaded: Loaded, row: int, score: float,
-                  archives: dict[str, Loaded]) -> dict[str, Any]:
-        a = loaded.archive
-        id_ = str(a.ids[row])
-        item: dict[str, Any] = {"id": id_, "score": float(score)}
+    def _describe(self, target: str, hit: dict[str, Any], score: float,
+                  archives: dict[str, Version]) -> dict[str, Any]:
+        id_ = hit["id"]
+        item: dict[str, Any] = {"id": id_, "score": float(score), **hit}
         if target == "captions":
-            meta = {k: a.metadata[k][row] for k in ("text", "lang", "owner") if k in a.metadata}
-            item.update(meta)
-            owner = str(meta.get("owner", id_))
-            item["thumbnail"] = self._thumb_url(owner)
+            item["thumbnail"] = self._thumb_url(str(hit.get("owner", id_)))
         else:
             caps = archives["captions"].owner_texts.get(id_, []) if "captions" in archives else []
             item["captions"] = caps[:5]
-            if "changed" in a.metadata:
-                item["changed"] = a.metadata["changed"][row]
             item["thumbnail"] = self._thumb_url(id_)
             if target == "pairs":
                 item["thumbnail_t2"] = self._thumb_url(id_, 2)
         return item
 
+    # -- the shards -------------------------------------------------------------------
+
+    async def _ask(self, shard: int, queries: list[Query]) -> dict[str, Any] | None:
+        async def call() -> dict[str, Any]:
+            return await self.shards[shard].search.remote(queries)
+
+        try:
+            return await asyncio.wait_for(call(), self.cfg.search.timeout_s)
+        except Exception as err:  # noqa: BLE001 - a dead or slow shard is reported, not fatal
+            log.warning("search shard %d did not answer: %s", shard, repr(err)[:300])
+            return None
+
+    async def _fan_out(self, queries: list[Query]) -> tuple[list[list[Any]], list[int]]:
+        """Every shard's answers to a batch: per query, the answers of the shards that
+        answered; and the shards that did not."""
+        answers = await asyncio.gather(*(self._ask(i, queries) for i in range(len(self.shards))))
+        self.index.ready([a["held"] if a is not None else None for a in answers])
+        missing = [i for i, a in enumerate(answers) if a is None]
+        if len(missing) == len(self.shards):
+            raise ApiError(503, "shards", f"no search shard answered (shards {missing}); "
+                           "they are being restarted, retry shortly")
+        return [[a["results"][j] for a in answers if a is not None]
+                for j in range(len(queries))], missing
+
+    async def _top_k_batch(self, items: list[Query]) -> list[tuple[list[Any], list[int]]]:
+        per_query, missing = await self._fan_out(items)
+        return [(answers, missing) for answers in per_query]
+
+    async def _text_batch(self, items: list[tuple[Query, str, int]]) -> list[Any]:
+        """Text searches end to end: one encoder call for all the texts, one fan-out of the
+        batch to the shards (one matrix product per archive version and filter in each).
+        An item whose archive has another dimension than the model's gets no answers."""
+        qs = await self.text_encoder.embed_many.remote([text for _, text, _ in items])
+        qs = np.asarray(qs, dtype=np.float32)
+        fits = [i for i, (_, _, dim) in enumerate(items) if dim == qs.shape[1]]
+        found: list[Any] = [None] * len(items)
+        if fits:
+            scored = await self._top_k_batch([dataclasses.replace(items[i][0], q=qs[i])
+                                              for i in fits])
+            for i, result in zip(fits, scored):
+                found[i] = result
+        return list(zip(qs, found))
+
     async def _search(self, body: Any) -> dict[str, Any]:
         archives = self.archives  # one snapshot for the whole request
         req = parse_search(body, self.cfg.limits, self.cfg.default_k, self.bands, set(archives),
                            self.default_lambda)
-        loaded = archives[req.target]
-        vectors = loaded.archive.vectors
-        n = len(vectors)
+        v = archives[req.target]
+        n = v.rows
         if n == 0:
             raise ApiError(404, "target", f"the {req.target!r} archive is empty")
         k = min(req.k, n)
+        base = Query(op="top_k", target=req.target, version=v.version, filter=req.filter)
+
+        def dim_error(q: np.ndarray) -> ApiError:
+            return ApiError(409, "target", f"archive dim {v.dim} != model dim {q.shape[0]}; "
+                            "the archive was embedded by another model")
+
         if req.kind == "composed":
             qi, qt = await asyncio.gather(self._visual(req), self._text(req.text))
             if n < 2:
                 raise ApiError(422, "target", "composed scoring needs at least 2 archive items")
-            # Two passes over the archive: in a thread, off the event loop.
-            top = await asyncio.to_thread(composed_top_k, vectors, qi, qt, req.lam, k)
+            if qi.shape[0] != v.dim:
+                raise dim_error(qi)
+            # WEICOM standardises over the whole archive: the shards' sums first.
+            (parts,), missing = await self._fan_out([dataclasses.replace(
+                base, op="stats", qi=qi, qt=qt)])
+            stats = np.sum(parts, axis=0)
+            (answers,), missing2 = await self._fan_out([dataclasses.replace(
+                base, op="composed", k=k, qi=qi, qt=qt, lam=req.lam, stats=stats)])
+            missing = sorted(set(missing) | set(missing2))
+            scores, hits, _ = merge_hits(answers, k)
         else:
             n_cand = min(max(k, self.cfg.rerank.candidates) if req.rerank else k, n)
+            query = dataclasses.replace(base, k=n_cand, with_vectors=req.rerank)
             if req.kind == "text":
-                q, found = await self.text_top_k((loaded, req.text, n_cand))
+                q, found = await self.text_top_k((query, req.text, v.dim))
             else:
                 q = await self._visual(req)
-                found = await self.top_k((loaded, q, n_cand))
+                found = None if q.shape[0] != v.dim else await self.top_k(
+                    dataclasses.replace(query, q=q))
             if found is None:
-                raise ApiError(409, "target", f"archive dim {vectors.shape[1]} != model dim "
-                               f"{q.shape[0]}; the archive was embedded by another model")
-            s, idx = found
-            top = [(int(i), float(v)) for i, v in zip(idx, s) if i >= 0]
-            if req.rerank:
+                raise dim_error(q)
+            answers, missing = found
+            scores, hits, cand = merge_hits(answers, n_cand)
+            if req.rerank and hits:
                 pool = {"text": "captions", "image": "images", "image_pair": "pairs"}[req.kind]
-                mr = await asyncio.to_thread(rerank_scores, self.cfg.rerank, req.kind, q,
-                                             vectors[[i for i, _ in top]],
-                                             archives[pool].archive.vectors)
+                (sims,), missing_pool = await self._fan_out([Query(
+                    op="pool_sims", target=pool, version=archives[pool].version, cand=cand)])
+                missing = sorted(set(missing) | set(missing_pool))
+                mr = await asyncio.to_thread(rerank_scores, self.cfg.rerank, req.kind, q, cand,
+                                             np.vstack(sims))
                 order = np.argsort(-mr, kind="stable")
-                top = [(top[j][0], float(mr[j])) for j in order]
-            top = top[:k]
-        results = [self._describe(req.target, loaded, r, s, archives) for r, s in top]
-        return {"kind": req.kind, "target": req.target, "version": loaded.version,
+                scores, hits = [float(mr[j]) for j in order], [hits[j] for j in order]
+            scores, hits = scores[:k], hits[:k]
+        results = [self._describe(req.target, h, s, archives) for h, s in zip(hits, scores)]
+        return {"kind": req.kind, "target": req.target, "version": v.version,
                 "k": req.k, "ids": [r["id"] for r in results],
-                "scores": [r["score"] for r in results], "results": results}
-
-    async def _top_k_batch(self, items: list[tuple[Loaded, np.ndarray, int]]) -> list[Found]:
-        # In a thread, so the event loop keeps accepting requests meanwhile.
-        return await asyncio.to_thread(score_batch, items)
-
-    async def _text_batch(self, items: list[tuple[Loaded, str, int]]) -> list[tuple[np.ndarray, Found]]:
-        """Text searches end to end: one encoder call for all the texts, one matrix
-        product per archive version."""
-        qs = await self.text_encoder.embed_many.remote([text for _, text, _ in items])
-        qs = np.asarray(qs, dtype=np.float32)
-        found = await self._top_k_batch([(loaded, q, k) for (loaded, _, k), q in zip(items, qs)])
-        return list(zip(qs, found))
+                "scores": [r["score"] for r in results], "results": results,
+                "shards": len(self.shards), "missing_shards": missing}
 
     def batch_counts(self) -> dict[str, tuple[int, int]]:
         """(batches, items) so far of the ingress batchers (for bench/serve.py)."""
@@ -207,7 +253,10 @@ class Ingress:
     async def _guard(self, request: Request, coro_fn) -> Response:
         try:
             self._auth(request)
-            return JSONResponse(await coro_fn())
+            out = await coro_fn()
+            if "results" in out and GEOJSON in request.headers.get("accept", ""):
+                return JSONResponse(feature_collection(out), media_type=GEOJSON)
+            return JSONResponse(out)
         except ApiError as err:
             return _error(err)
 
@@ -224,10 +273,13 @@ class Ingress:
     @api.get("/v1/archives")
     async def list_archives(self, request: Request) -> Response:
         async def run() -> dict[str, Any]:
-            return {"archives": {t: {"version": a.version, "count": len(a.archive),
-                                     "dim": int(a.archive.vectors.shape[1]) if len(a.archive) else 0,
-                                     "root": self.roots[t], "model": a.archive.manifest.get("model")}
+            pending = self.index.pending
+            return {"archives": {t: {"version": a.version, "count": a.rows,
+                                     "dim": a.dim if a.rows else 0, "root": self.roots[t],
+                                     "model": a.manifest.get("model"),
+                                     "pending": pending[t].version if t in pending else None}
                                  for t, a in self.archives.items()},
+                    "shards": len(self.shards),
                     "swaps": self.swaps, "auth": self.api_key is not None,
                     "weicom_lambda": self.default_lambda,
                     "thumbnails": self.thumbs is not None}
@@ -235,6 +287,8 @@ class Ingress:
 
     @api.post("/v1/search")
     async def search(self, request: Request) -> Response:
+        """JSON results; with ``Accept: application/geo+json``, a GeoJSON FeatureCollection
+        (a feature per result: its footprint, and id, score, rank, dates, class)."""
         async def run() -> dict[str, Any]:
             return await self._search(await self._json(request))
         return await self._guard(request, run)
@@ -242,7 +296,7 @@ class Ingress:
     @api.post("/v1/search/upload")
     async def search_upload(self, request: Request) -> Response:
         """Multipart form: fields kind, text, lambda, target, k, rerank, bands (comma
-        separated); files image, image_t2."""
+        separated), filter (a JSON object); files image, image_t2."""
         async def run() -> dict[str, Any]:
             length = request.headers.get("content-length")
             limit = self.cfg.limits.max_body_bytes
@@ -267,6 +321,11 @@ class Ingress:
                         body[name] = conv(body[name])
                     except ValueError:
                         raise ApiError(422, name, f"not a number: {body[name]!r}") from None
+            if isinstance(body.get("filter"), str):
+                try:
+                    body["filter"] = json.loads(body["filter"])
+                except ValueError:
+                    raise ApiError(422, "filter", "not a JSON object") from None
             if "rerank" in body:
                 body["rerank"] = str(body["rerank"]).lower() in ("1", "true", "on", "yes")
             if isinstance(body.get("bands"), str):

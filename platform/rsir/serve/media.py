@@ -1,4 +1,5 @@
-"""The search page's files and the thumbnails of archived images (read from the shards)."""
+"""What the ingress answers besides JSON: the search page's files, the thumbnails of
+archived images (read from the shards), and results as GeoJSON."""
 
 import io
 import logging
@@ -11,6 +12,28 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
+GEOJSON = "application/geo+json"
+# A result's fields that a GeoJSON feature carries as properties (its footprint is the
+# geometry, its bbox the feature's bbox).
+FEATURE_PROPERTIES = ("id", "score", "rank", "acquired", "acquired_t2", "class_name", "changed",
+                      "sensor", "text", "owner", "thumbnail", "thumbnail_t2")
+
+
+def feature_collection(out: dict[str, Any]) -> dict[str, Any]:
+    """A search response as a GeoJSON FeatureCollection (RFC 7946): one feature per result,
+    in rank order (rank 1 first); a result without a footprint has a null geometry. The
+    response's kind, target, version and missing shards ride along as foreign members."""
+    features = []
+    for rank, r in enumerate(out["results"], 1):
+        props = {k: v for k, v in {**r, "rank": rank}.items() if k in FEATURE_PROPERTIES}
+        feature = {"type": "Feature", "id": r["id"], "geometry": r.get("footprint"),
+                   "properties": props}
+        if r.get("bbox"):
+            feature["bbox"] = r["bbox"]
+        features.append(feature)
+    return {"type": "FeatureCollection", "features": features,
+            **{k: out[k] for k in ("kind", "target", "version", "k", "shards", "missing_shards")
+               if k in out}}
 
 
 class Thumbnails:
