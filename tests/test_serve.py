@@ -233,6 +233,125 @@ def test_multipart_upload(server):
 
 
 # ---------------------------------------------------------------------------------------
+# Filters, geography, GeoJSON (the fixture lays scenes on a 0.1-degree grid from 10E 45N,
+# 4 a line, a month apart from 2019-01-01; pairs from 20E, their second date 400 days on)
+# ---------------------------------------------------------------------------------------
+
+
+def _passes(row, f) -> bool:
+    """The filter rules read independently, on the fixture's shard rows."""
+    from datetime import datetime
+
+    def when(text):
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    if "bbox" in f:
+        w, s_, e, n = f["bbox"]
+        b = row["bbox"]
+        if not (b[0] <= e and b[2] >= w and b[1] <= n and b[3] >= s_):
+            return False
+    if "datetime" in f:
+        lo, hi = f["datetime"].split("/")
+        start, end = row["acquired"], row["acquired_t2"] or row["acquired"]
+        if (lo != ".." and end < when(lo)) or (hi != ".." and start > when(hi)):
+            return False
+    if "class_name" in f and row["class_name"] not in f["class_name"]:
+        return False
+    if "changed" in f and row["changed"] is not f["changed"]:
+        return False
+    return "sensor" not in f or row["sensor"] == f["sensor"]
+
+
+SCENE_FILTERS = [
+    {"bbox": [10.05, 45.05, 10.25, 45.15]},  # 2 lines x 3 columns of tiles
+    {"datetime": "2019-03-01T00:00:00Z/2019-08-01T00:00:00Z"},
+    {"datetime": "../2019-02-15T00:00:00Z", "sensor": "sentinel-2a"},
+    {"bbox": [10.0, 45.0, 10.4, 45.4], "datetime": "2019-06-01T00:00:00+02:00/.."},
+    {"sensor": "landsat-8", "bbox": [9, 44, 11, 46]},
+]
+
+
+@pytest.mark.parametrize("f", SCENE_FILTERS, ids=[str(f) for f in SCENE_FILTERS])
+def test_filtered_text_search_equals_brute_force(server, f):
+    fx = server["fx"]
+    text = fx["texts"][1]
+    q = np.asarray(post(server, {"kind": "text", "text": text}, "/v1/embed").json()["embedding"])
+    passing = [i for i, r in enumerate(fx["scenes"]) if _passes(r, f)]
+    assert 0 < len(passing) < 16
+    scores = fx["vectors"]["images"] @ q
+    for k in (3, 16):
+        want = [fx["scenes"][i]["id"] for i in sorted(passing, key=lambda i: -scores[i])][:k]
+        r = post(server, {"kind": "text", "text": text, "k": k, "filter": f})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["ids"] == want and out["missing_shards"] == [] and out["shards"] == 2
+        assert len(out["ids"]) == min(k, len(passing))  # k whenever k rows pass
+
+
+def test_filtered_image_pair_composed_and_caption_searches(server):
+    fx = server["fx"]
+    row = fx["scenes"][6]
+    f = {"bbox": [10.0, 45.12, 10.4, 45.18]}  # inside the second line: scenes 4..7
+    out = post(server, {"kind": "image", "image": b64(row["image"]), "k": 10, "filter": f}).json()
+    assert out["ids"][0] == row["id"] and sorted(out["ids"]) == [f"scene-00000{i}" for i in (4, 5, 6, 7)]
+    out = post(server, {"kind": "composed", "image": b64(row["image"]), "text": "a red building",
+                        "lambda": 0.0, "k": 10, "filter": f}).json()
+    assert out["ids"][0] == row["id"] and len(out["ids"]) == 4
+    # captions carry their image's geography: every caption found belongs to scenes 4..7
+    out = post(server, {"kind": "text", "text": fx["texts"][0], "target": "captions", "k": 50,
+                        "filter": f}).json()
+    assert out["ids"] and {r["owner"] for r in out["results"]} <= {f"scene-00000{i}" for i in (4, 5, 6, 7)}
+    # pairs: acquired 2019-01-01 + 30 i days, so pairs 0..2 start by 2019-03-15
+    pair = fx["pairs"][0]
+    for pf, want in (({"datetime": "../2019-03-15T00:00:00Z"}, ["pair-000000", "pair-000001",
+                                                                "pair-000002"]),
+                     ({"changed": True}, [p["id"] for p in fx["pairs"] if p["changed"]])):
+        out = post(server, {"kind": "image_pair", "image": b64(pair["image"]),
+                            "image_t2": b64(pair["image_t2"]), "k": 8, "filter": pf}).json()
+        assert want and sorted(out["ids"]) == want, pf
+    assert all(r["changed"] is True for r in out["results"])
+
+
+def test_results_carry_footprint_and_dates(server):
+    row = server["fx"]["scenes"][5]  # lon 10.1 .. 10.2, lat 45.1 .. 45.2, 2019-01-01 + 150 days
+    out = post(server, {"kind": "image", "image": b64(row["image"]), "k": 1}).json()
+    r = out["results"][0]
+    assert r["id"] == row["id"] and r["acquired"] == "2019-05-31T00:00:00Z"
+    assert r["acquired_t2"] is None and r["sensor"] == "landsat-8"
+    ring = np.array(r["footprint"]["coordinates"][0])
+    assert r["footprint"]["type"] == "Polygon" and ring.shape == (5, 2)
+    np.testing.assert_allclose(ring.min(0), [10.1, 45.1], atol=1e-9)
+    np.testing.assert_allclose(ring.max(0), [10.2, 45.2], atol=1e-9)
+    np.testing.assert_allclose(r["bbox"], [10.1, 45.1, 10.2, 45.2], atol=1e-9)
+    pair = server["fx"]["pairs"][1]
+    out = post(server, {"kind": "image_pair", "image": b64(pair["image"]),
+                        "image_t2": b64(pair["image_t2"]), "k": 1}).json()
+    assert out["results"][0]["acquired"] == "2019-01-31T00:00:00Z"
+    assert out["results"][0]["acquired_t2"] == "2020-03-06T00:00:00Z"  # 400 days later
+
+
+def test_geojson_results(server):
+    row = server["fx"]["scenes"][2]
+    body = {"kind": "image", "image": b64(row["image"]), "k": 4,
+            "filter": {"bbox": [10.0, 45.0, 10.4, 45.1]}}
+    plain = post(server, body).json()
+    r = post(server, body, headers={"accept": "application/geo+json"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/geo+json"
+    fc = r.json()
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 4
+    for rank, (feat, res) in enumerate(zip(fc["features"], plain["results"]), 1):
+        assert feat["type"] == "Feature" and feat["id"] == res["id"]
+        assert feat["geometry"] == res["footprint"] and feat["bbox"] == res["bbox"]
+        p = feat["properties"]
+        assert (p["id"], p["rank"], p["acquired"], p["class_name"]) == (
+            res["id"], rank, res["acquired"], res["class_name"])
+        assert p["score"] == pytest.approx(res["score"])
+    assert fc["features"][0]["id"] == row["id"]
+    err = post(server, {"kind": "image"}, headers={"accept": "application/geo+json"})
+    assert err.status_code == 422 and "image" in err.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------
 # Bad input: 4xx naming the field, never 5xx
 # ---------------------------------------------------------------------------------------
 
@@ -267,6 +386,19 @@ BAD = [
                              "target": "captions"}, 422, "target"),
     ("rerank not bool", {"kind": "text", "text": "x", "rerank": "yes"}, 422, "rerank"),
     ("payload too large", {"kind": "text", "text": "x" * 2_100_000}, 413, "body"),
+    ("filter not an object", {"kind": "text", "text": "x", "filter": [1]}, 422, "filter"),
+    ("unknown filter", {"kind": "text", "text": "x", "filter": {"cloud": 3}}, 422, "filter.cloud"),
+    ("bad bbox", {"kind": "text", "text": "x", "filter": {"bbox": [1, 2, 3]}}, 422, "filter.bbox"),
+    ("bbox lat order", {"kind": "text", "text": "x", "filter": {"bbox": [0, 9, 1, 8]}}, 422,
+     "filter.bbox"),
+    ("naive datetime", {"kind": "text", "text": "x",
+                        "filter": {"datetime": "2020-01-01T00:00:00/.."}}, 422, "filter.datetime"),
+    ("datetime reversed", {"kind": "text", "text": "x", "filter": {
+        "datetime": "2021-01-01T00:00:00Z/2020-01-01T00:00:00Z"}}, 422, "filter.datetime"),
+    ("changed not bool", {"kind": "text", "text": "x", "filter": {"changed": 1}}, 422,
+     "filter.changed"),
+    ("class_name empty", {"kind": "text", "text": "x", "filter": {"class_name": []}}, 422,
+     "filter.class_name"),
 ]
 
 
@@ -312,6 +444,11 @@ def test_generated_requests_never_5xx(server):
         "rerank": st.one_of(st.booleans(), scalar),
         "bands": st.one_of(st.just(["R", "G", "B"]), st.lists(st.text(max_size=3), max_size=4),
                            scalar),
+        "filter": st.one_of(value, st.fixed_dictionaries({}, optional={
+            "bbox": st.one_of(st.lists(st.floats(-200, 200), max_size=5), value),
+            "datetime": st.one_of(st.sampled_from(["2019-01-01T00:00:00Z/..", "../..", "x/y",
+                                                   "2019-01-01T00:00:00Z"]), value),
+            "changed": value, "sensor": value, "class_name": value})),
         "zzz": value,
     }
     valid = st.fixed_dictionaries(

@@ -109,3 +109,33 @@ def load_archive(root: str | Path, version: str | None = None) -> Archive:
     return Archive(version=version, ids=table.column("id").to_pylist(),
                    vectors=vectors.astype(np.float32, copy=False), manifest=manifest,
                    metadata=metadata)
+
+
+def read_manifest(root: str | Path, version: str) -> dict[str, Any]:
+    return json.loads((Path(root) / version / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def load_archive_rows(root: str | Path, version: str, start: int, end: int,
+                      columns: list[str] | None = None) -> Archive:
+    """Rows ``[start, end)`` of a version (a search shard's block), reading only the
+    Parquet row groups that hold them; ``columns``: the metadata columns to keep (all
+    when None)."""
+    vdir = Path(root) / version
+    manifest = read_manifest(root, version)
+    f = pq.ParquetFile(vdir / EMBEDDINGS_FILE)
+    names = ["id", "embedding", *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
+                                  and (columns is None or c in columns))]
+    pieces, first = [], 0
+    for rg in range(f.num_row_groups):
+        n = f.metadata.row_group(rg).num_rows
+        lo, hi = max(start, first), min(end, first + n)
+        if lo < hi:
+            pieces.append(f.read_row_group(rg, columns=names).slice(lo - first, hi - lo))
+        first += n
+    table = pa.concat_tables(pieces) if pieces else f.schema_arrow.empty_table().select(names)
+    dim = manifest["dim"]
+    emb = table.column("embedding").combine_chunks()
+    vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), dim)
+    return Archive(version=version, ids=table.column("id").to_pylist(),
+                   vectors=np.array(vectors, dtype=np.float32), manifest=manifest,
+                   metadata={name: table.column(name).to_pylist() for name in names[2:]})
