@@ -1,0 +1,213 @@
+"""Standing queries (monitors) scored against the new rows of an archive: pure numpy.
+
+A monitor is a saved query vector (or, for a composed query, an image and a text vector
+with WEICOM's λ and the archive statistics that standardise them), a scope (a WGS84 box,
+optionally a polygon, and a time interval) and a threshold. When a delta of new rows
+lands, :func:`score_delta` scores every row against a block of monitors with one matrix
+product (two for composed monitors), keeps the (row, monitor) pairs above the monitor's
+threshold, and only then checks those pairs' scopes: the scope test runs on the hits, not
+on the rows x monitors grid. :func:`calibrate` turns "alert for anything that would have
+ranked in my top N" into a threshold, and :func:`rank_in_calibration` gives an alert the
+rank it would have had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import ndtr
+
+# Open ends of a time scope, in microseconds since the epoch.
+T_MIN = np.iinfo(np.int64).min
+T_MAX = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class MonitorSet:
+    """The active monitors of one archive, one row each.
+
+    ``vectors`` [M, d]: the query vector (a composed monitor's image vector);
+    ``text_vectors`` [M, d]: a composed monitor's text vector (ignored where ``lam`` is NaN);
+    ``lam`` [M]: WEICOM's λ for composed monitors, NaN for plain ones (score = cosine);
+    ``stats`` [M, 4]: a composed monitor's (mean, std) of its image and its text
+    similarities over the archive it was made on (ddof 1, as WEICOM standardises);
+    ``threshold`` [M]; ``bbox`` [M, 4] (NaN: no box); ``t_start`` / ``t_end`` [M] int64
+    microseconds (``T_MIN`` / ``T_MAX``: open); ``polygons``: WKB or None per monitor.
+    """
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    threshold: np.ndarray
+    lam: np.ndarray
+    text_vectors: np.ndarray
+    stats: np.ndarray
+    bbox: np.ndarray
+    t_start: np.ndarray
+    t_end: np.ndarray
+    polygons: tuple[bytes | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def block(self, start: int, stop: int) -> MonitorSet:
+        s = slice(start, stop)
+        return MonitorSet(self.ids[s], self.vectors[s], self.threshold[s], self.lam[s],
+                          self.text_vectors[s], self.stats[s], self.bbox[s], self.t_start[s],
+                          self.t_end[s], self.polygons[s])
+
+
+def monitor_set(
+    ids: Sequence[int], vectors: np.ndarray, threshold: Sequence[float], *,
+    lam: Sequence[float] | None = None, text_vectors: np.ndarray | None = None,
+    stats: np.ndarray | None = None, bbox: np.ndarray | None = None,
+    t_start: Sequence[int] | None = None, t_end: Sequence[int] | None = None,
+    polygons: Sequence[bytes | None] | None = None,
+) -> MonitorSet:
+    """A :class:`MonitorSet` with the unset scopes open and every monitor plain."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    m, d = vectors.shape
+    return MonitorSet(
+        ids=np.asarray(ids, dtype=np.int64),
+        vectors=vectors,
+        threshold=np.asarray(threshold, dtype=np.float32),
+        lam=np.full(m, np.nan) if lam is None else np.asarray(lam, dtype=np.float64),
+        text_vectors=(np.zeros((m, d), np.float32) if text_vectors is None
+                      else np.ascontiguousarray(text_vectors, dtype=np.float32)),
+        stats=np.tile([0.0, 1.0, 0.0, 1.0], (m, 1)) if stats is None else np.asarray(stats, float),
+        bbox=np.full((m, 4), np.nan) if bbox is None else np.asarray(bbox, dtype=np.float64),
+        t_start=np.full(m, T_MIN) if t_start is None else np.asarray(t_start, dtype=np.int64),
+        t_end=np.full(m, T_MAX) if t_end is None else np.asarray(t_end, dtype=np.int64),
+        polygons=tuple(polygons) if polygons is not None else (None,) * m,
+    )
+
+
+@dataclass(frozen=True)
+class DeltaRows:
+    """The new rows of an archive: vectors and what scopes read. ``bbox`` [N, 4] (NaN:
+    unknown), ``t_start`` / ``t_end`` [N] int64 microseconds (a pair's interval spans both
+    dates; ``T_MIN`` where unknown), ``footprints`` WKB or None per row."""
+
+    vectors: np.ndarray
+    bbox: np.ndarray
+    t_start: np.ndarray
+    t_end: np.ndarray
+    footprints: Sequence[bytes | None]
+
+
+@dataclass(frozen=True)
+class Hits:
+    """(row, monitor) pairs that passed threshold and scope: indices into the delta's rows
+    and the monitor set, with their scores."""
+
+    rows: np.ndarray
+    monitors: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def boxes_intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise (broadcasting) intersection of WGS84 boxes ``[..., 4]`` = (min_lon,
+    min_lat, max_lon, max_lat); ``min_lon > max_lon`` crosses the antimeridian. A box
+    with a NaN never intersects; touching edges do."""
+    aw, as_, ae, an = np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0)
+    bw, bs, be, bn = np.moveaxis(np.asarray(b, dtype=np.float64), -1, 0)
+    with np.errstate(invalid="ignore"):
+        lat = (as_ <= bn) & (an >= bs)
+
+        def spans(w, e):  # a box as at most two plain lon intervals
+            crosses = w > e
+            return [(w, np.where(crosses, 180.0, e)), (np.where(crosses, -180.0, w), e)]
+
+        lon = np.zeros(np.broadcast(aw, bw).shape, bool)
+        for a_w, a_e in spans(aw, ae):
+            for b_w, b_e in spans(bw, be):
+                lon |= (a_w <= b_e) & (a_e >= b_w)
+    return lat & lon
+
+
+def _scores(monitors: MonitorSet, vectors: np.ndarray) -> np.ndarray:
+    """[N, M]: cosine for plain monitors; WEICOM with the stored statistics for composed."""
+    s = vectors @ monitors.vectors.T
+    composed = np.flatnonzero(~np.isnan(monitors.lam))
+    if composed.size:
+        st = monitors.stats[composed]
+        z_img = (s[:, composed] - st[:, 0]) / np.where(st[:, 1] > 0, st[:, 1], np.inf)
+        z_txt = ((vectors @ monitors.text_vectors[composed].T) - st[:, 2]) / np.where(
+            st[:, 3] > 0, st[:, 3], np.inf)
+        lam = monitors.lam[composed]
+        s[:, composed] = lam * ndtr(z_txt) + (1.0 - lam) * ndtr(z_img)
+    return s
+
+
+def score_delta(monitors: MonitorSet, delta: DeltaRows, block: int = 2048) -> Hits:
+    """Every (row, monitor) of ``delta`` x ``monitors`` whose score reaches the monitor's
+    threshold and whose row lies in the monitor's scope. Monitors are taken ``block`` at a
+    time, each block one matrix product over all the rows."""
+    rows_out, mons_out, scores_out = [], [], []
+    vectors = np.ascontiguousarray(delta.vectors, dtype=np.float32)
+    for start in range(0, len(monitors), block):
+        mb = monitors.block(start, start + block)
+        s = _scores(mb, vectors)
+        r, m = np.nonzero(s >= mb.threshold[None, :])
+        if not r.size:
+            continue
+        ok = np.ones(r.size, bool)
+        boxed = ~np.isnan(mb.bbox[m]).any(axis=1)
+        ok[boxed] = boxes_intersect(delta.bbox[r[boxed]], mb.bbox[m[boxed]])
+        # time: the row's acquisition interval meets the scope's (unknown time: never,
+        # when the scope has a time)
+        timed = (mb.t_start[m] != T_MIN) | (mb.t_end[m] != T_MAX)
+        known = delta.t_start[r] != T_MIN
+        ok &= ~timed | (known & (delta.t_start[r] <= mb.t_end[m]) & (delta.t_end[r] >= mb.t_start[m]))
+        polys = np.array([mb.polygons[j] is not None for j in m], bool) & ok
+        if polys.any():
+            ok[polys] = _footprints_meet_polygons([delta.footprints[i] for i in r[polys]],
+                                                  [mb.polygons[j] for j in m[polys]])
+        rows_out.append(r[ok])
+        mons_out.append(m[ok] + start)
+        scores_out.append(s[r[ok], m[ok]])
+    if not rows_out:
+        empty = np.zeros(0, np.int64)
+        return Hits(empty, empty, np.zeros(0, np.float32))
+    return Hits(np.concatenate(rows_out), np.concatenate(mons_out),
+                np.concatenate(scores_out).astype(np.float32))
+
+
+def _footprints_meet_polygons(footprints: list[bytes | None], polygons: list[bytes]) -> np.ndarray:
+    """Exact polygon scopes, on the few hits whose boxes already met (shapely)."""
+    import shapely
+
+    cache: dict[bytes, object] = {}
+    out = np.zeros(len(footprints), bool)
+    for i, (fp, poly) in enumerate(zip(footprints, polygons)):
+        if fp is None:
+            continue
+        for key in (fp, poly):
+            if key not in cache:
+                cache[key] = shapely.from_wkb(key)
+        out[i] = bool(shapely.intersects(cache[fp], cache[poly]))
+    return out
+
+
+def calibrate(scores: np.ndarray, top: int) -> tuple[float, np.ndarray]:
+    """A monitor's threshold from its own query on the current archive: the score of its
+    ``top``-th best in-scope row (all rows when fewer), and those best scores (descending)
+    for :func:`rank_in_calibration`."""
+    if top < 1:
+        raise ValueError(f"calibrate top must be >= 1, got {top}")
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.size == 0:
+        raise ValueError("nothing to calibrate on: no archive row lies in the monitor's scope")
+    best = -np.sort(-scores)[:top]
+    return float(best[-1]), best
+
+
+def rank_in_calibration(best: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """The rank (1-based) each ``score`` would have had among the calibration archive's
+    best scores (``best`` descending): 1 + how many of them beat it."""
+    return 1 + np.searchsorted(-np.asarray(best, dtype=np.float32), -np.asarray(score, np.float32),
+                               side="left")
