@@ -79,8 +79,13 @@ def test_score_delta_equals_brute_force_with_scopes_and_composed_monitors() -> N
     lam = np.full(m, np.nan)
     lam[1::4] = 0.3  # a quarter are composed (WEICOM)
     text_q = _unit(rng.standard_normal(queries.shape))
-    stats = np.tile([0.0, 1.0, 0.0, 1.0], (m, 1))
-    stats[1::4] = [0.05, 0.2, -0.02, 0.25]
+    # a composed monitor's archive: 50 image and 50 text similarities it was made on
+    archive_img, archive_txt = rng.normal(0.05, 0.2, (m, 50)), rng.normal(-0.02, 0.25, (m, 50))
+
+    def sums(x):
+        return np.stack([np.full(len(x), x.shape[1]), x.sum(1), (x * x).sum(1)], 1)
+
+    stats = np.hstack([sums(archive_img), sums(archive_txt)])
     poly = shapely.Polygon([(-3, 43), (3, 43), (0, 47)])
     polygons = [shapely.to_wkb(poly) if j % 5 == 0 else None for j in range(m)]
     bounds = np.array(poly.bounds)
@@ -98,7 +103,8 @@ def test_score_delta_equals_brute_force_with_scopes_and_composed_monitors() -> N
             if np.isnan(lam[j]):
                 score = cos_i
             else:
-                mu_i, sd_i, mu_t, sd_t = stats[j]
+                mu_i, sd_i = archive_img[j].mean(), archive_img[j].std(ddof=1)
+                mu_t, sd_t = archive_txt[j].mean(), archive_txt[j].std(ddof=1)
                 score = lam[j] * ndtr((float(delta.vectors[i] @ text_q[j]) - mu_t) / sd_t) \
                     + (1 - lam[j]) * ndtr((cos_i - mu_i) / sd_i)
             if score < threshold[j] - 1e-6:
@@ -176,3 +182,47 @@ def test_score_version_scores_only_new_rows_once(tmp_path) -> None:
     second = score_version(store, "pairs", str(root), new, old, use_ray=False)
     assert second.hits == first.hits and second.new_alerts == 0  # no duplicates
     assert store.scored("pairs") == {new}
+
+
+def test_webhook_that_fails_twice_is_retried_with_backoff_then_delivered(tmp_path) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from rsir.monitor.webhooks import deliver_due
+
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(body)
+            self.send_response(503 if len(received) <= 2 else 204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = MonitorStore(tmp_path / "m.db")
+        m = store.create(name="hook", target="pairs", definition={}, vector=np.ones(4), threshold=0.1,
+                         scope={}, archive_version="v1",
+                         webhook=f"http://127.0.0.1:{server.server_port}/alerts")
+        store.add_alerts([_alert(m.id, "row-7")])
+        import time
+
+        t = time.time() + 1.0  # a clock the test steps through the backoff
+        assert deliver_due(store, now=t) == {"delivered": 0, "retry": 1, "given_up": 0}
+        status = store.delivery_status("hook")
+        assert status["pending"] == 1 and "503" in status["last_error"]  # the failure is visible
+        assert deliver_due(store, now=t + 0.5) == {"delivered": 0, "retry": 0, "given_up": 0}  # not due
+        assert deliver_due(store, now=t + 1) == {"delivered": 0, "retry": 1, "given_up": 0}
+        assert deliver_due(store, now=t + 1 + 2) == {"delivered": 1, "retry": 0, "given_up": 0}
+        assert len(received) == 3 and received[-1]["monitor"] == "hook"
+        assert received[-1]["alert"]["row_id"] == "row-7"
+        assert store.delivery_status("hook") | {"last_error": None} == {
+            "delivered": 1, "pending": 0, "failed": 0, "attempts": 3, "last_error": None}
+    finally:
+        server.shutdown()

@@ -47,7 +47,7 @@ def monitor_set_of(stored: list[StoredMonitor], dim: int) -> MonitorSet:
         [m.id for m in stored], np.stack([m.vector for m in stored]), [m.threshold for m in stored],
         lam=[np.nan if m.lam is None else m.lam for m in stored],
         text_vectors=np.stack([m.vector if m.text_vector is None else m.text_vector for m in stored]),
-        stats=np.array([m.stats or [0.0, 1.0, 0.0, 1.0] for m in stored], dtype=np.float64),
+        stats=np.array([m.stats or [2.0, 0.0, 2.0] * 2 for m in stored], dtype=np.float64),
         bbox=np.array([s.get("bbox") or [np.nan] * 4 for s in scopes], dtype=np.float64),
         t_start=[T_MIN if s.get("start") is None else s["start"] for s in scopes],
         t_end=[T_MAX if s.get("end") is None else s["end"] for s in scopes],

@@ -33,7 +33,7 @@ monitors = sa.Table(
     sa.Column("vector", sa.LargeBinary, nullable=False),  # float32 query (image) vector
     sa.Column("text_vector", sa.LargeBinary),  # composed: the text's vector
     sa.Column("lam", sa.Float),  # composed: WEICOM's λ
-    sa.Column("stats", sa.Text),  # composed: [mean_i, std_i, mean_t, std_t] over the archive
+    sa.Column("stats", sa.Text),  # composed: similarity_stats of image and text over the archive
     sa.Column("threshold", sa.Float, nullable=False),
     sa.Column("calibration", sa.LargeBinary),  # float32 best scores, descending (ranks)
     sa.Column("scope", sa.Text, nullable=False),  # JSON: bbox, polygon (WKB hex), start, end

@@ -76,7 +76,9 @@ def similarity_stats(sims: Any) -> np.ndarray:
                      (sims * sims).sum(axis=1)], axis=1)
 
 
-def _normalize_with_stats(sims: np.ndarray, stats: np.ndarray) -> np.ndarray:
+def normalize_with_stats(sims: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """WEICOM's Φ(z) of each row of ``sims`` [Q, n] with that row's archive statistics
+    ``stats`` [Q, 3] (:func:`similarity_stats`, possibly summed over parts)."""
     n, total, squares = stats[:, :1], stats[:, 1:2], stats[:, 2:3]
     if (n < 2).any():
         raise ValueError("need at least 2 archive items to standardise similarities")
@@ -91,8 +93,8 @@ def weicom_from_stats(image_sims: Any, text_sims: Any, lam: float, image_stats: 
     """:func:`weicom` of a part ``[Q, n]`` of the archive, standardised with the whole
     archive's :func:`similarity_stats` (summed over its parts) instead of the part's own."""
     image_sims, text_sims = _pair(image_sims, text_sims)
-    return linear_mix(_normalize_with_stats(image_sims, np.asarray(image_stats, np.float64)),
-                      _normalize_with_stats(text_sims, np.asarray(text_stats, np.float64)), lam)
+    return linear_mix(normalize_with_stats(image_sims, np.asarray(image_stats, np.float64)),
+                      normalize_with_stats(text_sims, np.asarray(text_stats, np.float64)), lam)
 
 
 def text_only(image_sims: Any, text_sims: Any, lam: float = 0.0) -> np.ndarray:

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr
+
+from rsir.retrieval.composed import normalize_with_stats
 
 # Open ends of a time scope, in microseconds since the epoch.
 T_MIN = np.iinfo(np.int64).min
@@ -31,8 +32,9 @@ class MonitorSet:
     ``vectors`` [M, d]: the query vector (a composed monitor's image vector);
     ``text_vectors`` [M, d]: a composed monitor's text vector (ignored where ``lam`` is NaN);
     ``lam`` [M]: WEICOM's λ for composed monitors, NaN for plain ones (score = cosine);
-    ``stats`` [M, 4]: a composed monitor's (mean, std) of its image and its text
-    similarities over the archive it was made on (ddof 1, as WEICOM standardises);
+    ``stats`` [M, 6]: a composed monitor's :func:`~rsir.retrieval.composed.similarity_stats`
+    of its image and of its text similarities over the archive it was made on (WEICOM
+    standardises a new row's similarities with those, as if it were in that archive);
     ``threshold`` [M]; ``bbox`` [M, 4] (NaN: no box); ``t_start`` / ``t_end`` [M] int64
     microseconds (``T_MIN`` / ``T_MAX``: open); ``polygons``: WKB or None per monitor.
     """
@@ -75,7 +77,7 @@ def monitor_set(
         lam=np.full(m, np.nan) if lam is None else np.asarray(lam, dtype=np.float64),
         text_vectors=(np.zeros((m, d), np.float32) if text_vectors is None
                       else np.ascontiguousarray(text_vectors, dtype=np.float32)),
-        stats=np.tile([0.0, 1.0, 0.0, 1.0], (m, 1)) if stats is None else np.asarray(stats, float),
+        stats=np.tile([2.0, 0.0, 2.0] * 2, (m, 1)) if stats is None else np.asarray(stats, float),
         bbox=np.full((m, 4), np.nan) if bbox is None else np.asarray(bbox, dtype=np.float64),
         t_start=np.full(m, T_MIN) if t_start is None else np.asarray(t_start, dtype=np.int64),
         t_end=np.full(m, T_MAX) if t_end is None else np.asarray(t_end, dtype=np.int64),
@@ -135,11 +137,11 @@ def _scores(monitors: MonitorSet, vectors: np.ndarray) -> np.ndarray:
     composed = np.flatnonzero(~np.isnan(monitors.lam))
     if composed.size:
         st = monitors.stats[composed]
-        z_img = (s[:, composed] - st[:, 0]) / np.where(st[:, 1] > 0, st[:, 1], np.inf)
-        z_txt = ((vectors @ monitors.text_vectors[composed].T) - st[:, 2]) / np.where(
-            st[:, 3] > 0, st[:, 3], np.inf)
-        lam = monitors.lam[composed]
-        s[:, composed] = lam * ndtr(z_txt) + (1.0 - lam) * ndtr(z_img)
+        z_img = normalize_with_stats(s[:, composed].T.astype(np.float64), st[:, :3])
+        z_txt = normalize_with_stats((vectors @ monitors.text_vectors[composed].T).T.astype(np.float64),
+                                     st[:, 3:])
+        lam = monitors.lam[composed][:, None]
+        s[:, composed] = (lam * z_txt + (1.0 - lam) * z_img).T
     return s
 
 
