@@ -94,7 +94,7 @@ def test_score_delta_equals_brute_force_with_scopes_and_composed_monitors() -> N
     threshold = rng.uniform(0.1, 0.4, m)
     monitors = monitor_set(np.arange(m) + 100, queries, threshold, lam=lam, text_vectors=text_q,
                            stats=stats, bbox=mon_box, t_start=t_lo, t_end=t_hi, polygons=polygons)
-    hits = score_delta(monitors, delta, block=7)  # several blocks of monitors
+    hits = score_delta(monitors, delta, block=7, row_block=64)  # several blocks of each
 
     expected = set()
     for j in range(m):

@@ -146,6 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare with this Ray cluster's resources (default: this machine's)")
     p.set_defaults(func="rsir.check:cli_main")
 
+    p = sub.add_parser("monitor", help="standing queries: apply monitors from YAML to an endpoint, "
+                       "list them, or score an archive version's new rows")
+    p.add_argument("action", choices=["apply", "list", "score"])
+    p.add_argument("file", nargs="?", help="apply: the monitors YAML (a top-level 'monitors:' list)")
+    p.add_argument("--endpoint", default="http://127.0.0.1:8000", help="apply / list: the rsir endpoint")
+    p.add_argument("--api-key-env", default="RSIR_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--prune", action="store_true", help="apply: delete monitors the file does not name")
+    p.add_argument("--store", help="score: the monitor database (a path: SQLite; or a URL)")
+    p.add_argument("--target", choices=["images", "pairs"], help="score: the archive's target")
+    p.add_argument("--archive", help="score: the archive root")
+    p.add_argument("--previous", default=None, help="score: the version whose rows are not new")
+    p.add_argument("--local", action="store_true", help="score: in this process, not on Ray")
+    p.add_argument("--address", default=None, help="score: Ray cluster address (default: local)")
+    p.set_defaults(func="rsir.monitor.cli:cli_main")
+
     p = sub.add_parser("serve", help="serve search (Ray Serve: encoders + ingress) over archives")
     _add_config_args(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")

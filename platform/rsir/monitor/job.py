@@ -117,18 +117,17 @@ def score_version(store: MonitorStore, target: str, root: str, version: str,
     delta = delta_rows(archive.vectors[new], metadata)
     hits = (score_on_ray if use_ray else score_delta)(monitors, delta)
     by_id = {m.id: m for m in stored}
+    missing = [None] * len(new)
+    bbox, footprint, t1, t2 = (metadata.get(k, missing) for k in ("bbox", "footprint", "acquired", "acquired_t2"))
     rows = []
     for r, j, score in zip(hits.rows.tolist(), hits.monitors.tolist(), hits.scores.tolist()):
         m = by_id[int(monitors.ids[j])]
         rank = (None if m.calibration is None
                 else int(rank_in_calibration(m.calibration, np.float32(score))))
-        bbox = metadata.get("bbox", [None] * len(new))[r]
         rows.append(dict(
             monitor_id=m.id, archive=target, row_id=archive.ids[new[r]], version=version,
-            score=float(score), rank=rank, bbox=None if bbox is None else json.dumps(list(bbox)),
-            footprint=metadata.get("footprint", [None] * len(new))[r],
-            acquired=_iso(metadata.get("acquired", [None] * len(new))[r]),
-            acquired_t2=_iso(metadata.get("acquired_t2", [None] * len(new))[r])))
+            score=float(score), rank=rank, bbox=None if bbox[r] is None else json.dumps(list(bbox[r])),
+            footprint=footprint[r], acquired=_iso(t1[r]), acquired_t2=_iso(t2[r])))
     added = store.add_alerts(rows)
     seconds = time.perf_counter() - t0
     store.mark_scored(target, version, len(new), len(added), seconds)

@@ -145,38 +145,49 @@ def _scores(monitors: MonitorSet, vectors: np.ndarray) -> np.ndarray:
     return s
 
 
-def score_delta(monitors: MonitorSet, delta: DeltaRows, block: int = 2048) -> Hits:
+def score_delta(monitors: MonitorSet, delta: DeltaRows, block: int = 2048,
+                row_block: int = 16_384) -> Hits:
     """Every (row, monitor) of ``delta`` x ``monitors`` whose score reaches the monitor's
     threshold and whose row lies in the monitor's scope. Monitors are taken ``block`` at a
-    time, each block one matrix product over all the rows."""
+    time and rows ``row_block`` at a time, each pair of blocks one matrix product (so the
+    score matrix in memory is at most ``row_block x block``)."""
     rows_out, mons_out, scores_out = [], [], []
     vectors = np.ascontiguousarray(delta.vectors, dtype=np.float32)
     for start in range(0, len(monitors), block):
         mb = monitors.block(start, start + block)
-        s = _scores(mb, vectors)
-        r, m = np.nonzero(s >= mb.threshold[None, :])
-        if not r.size:
-            continue
-        ok = np.ones(r.size, bool)
-        boxed = ~np.isnan(mb.bbox[m]).any(axis=1)
-        ok[boxed] = boxes_intersect(delta.bbox[r[boxed]], mb.bbox[m[boxed]])
-        # time: the row's acquisition interval meets the scope's (unknown time: never,
-        # when the scope has a time)
-        timed = (mb.t_start[m] != T_MIN) | (mb.t_end[m] != T_MAX)
-        known = delta.t_start[r] != T_MIN
-        ok &= ~timed | (known & (delta.t_start[r] <= mb.t_end[m]) & (delta.t_end[r] >= mb.t_start[m]))
-        polys = np.array([mb.polygons[j] is not None for j in m], bool) & ok
-        if polys.any():
-            ok[polys] = _footprints_meet_polygons([delta.footprints[i] for i in r[polys]],
-                                                  [mb.polygons[j] for j in m[polys]])
-        rows_out.append(r[ok])
-        mons_out.append(m[ok] + start)
-        scores_out.append(s[r[ok], m[ok]])
+        for r0 in range(0, len(vectors), row_block):
+            s = _scores(mb, vectors[r0:r0 + row_block])
+            r, m = np.nonzero(s >= mb.threshold[None, :])
+            if not r.size:
+                continue
+            score = s[r, m]
+            r = r + r0
+            ok = _in_scope(mb, delta, r, m)
+            rows_out.append(r[ok])
+            mons_out.append(m[ok] + start)
+            scores_out.append(score[ok])
     if not rows_out:
         empty = np.zeros(0, np.int64)
         return Hits(empty, empty, np.zeros(0, np.float32))
     return Hits(np.concatenate(rows_out), np.concatenate(mons_out),
                 np.concatenate(scores_out).astype(np.float32))
+
+
+def _in_scope(mb: MonitorSet, delta: DeltaRows, r: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Whether each hit's row (``r``) lies in its monitor's (``m``) scope."""
+    ok = np.ones(r.size, bool)
+    boxed = ~np.isnan(mb.bbox[m]).any(axis=1)
+    ok[boxed] = boxes_intersect(delta.bbox[r[boxed]], mb.bbox[m[boxed]])
+    # time: the row's acquisition interval meets the scope's (a row of unknown time never
+    # passes a scope with a time)
+    timed = (mb.t_start[m] != T_MIN) | (mb.t_end[m] != T_MAX)
+    known = delta.t_start[r] != T_MIN
+    ok &= ~timed | (known & (delta.t_start[r] <= mb.t_end[m]) & (delta.t_end[r] >= mb.t_start[m]))
+    polys = np.array([mb.polygons[j] is not None for j in m], bool) & ok
+    if polys.any():
+        ok[polys] = _footprints_meet_polygons([delta.footprints[i] for i in r[polys]],
+                                              [mb.polygons[j] for j in m[polys]])
+    return ok
 
 
 def _footprints_meet_polygons(footprints: list[bytes | None], polygons: list[bytes]) -> np.ndarray:
