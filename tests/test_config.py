@@ -99,3 +99,33 @@ def test_archive_normalization_errors_name_the_fix(tmp_path):
     # The resolved recipe written beside a run loads back to the same numbers.
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+def test_evaluated_splits_are_test_and_for_pairs_under_the_caption_protocol_val_too():
+    from rsir.config import evaluated_splits
+
+    assert evaluated_splits(load_config(REPO / "configs" / "demo.yaml")) == ["test"]
+    levir = load_config(REPO / "configs" / "levircc_tff.yaml")
+    assert evaluated_splits(levir) == ["test", "val"]
+    off = load_config(REPO / "configs" / "levircc_tff.yaml", ["eval.caption_protocol=false"])
+    assert evaluated_splits(off) == ["test"]
+
+
+def test_train_select_defaults_to_last_and_best_val_is_refused_on_an_evaluated_split():
+    assert load_config(REPO / "configs" / "levircc_tff.yaml").train.select == "last"
+    # the caption protocol merges val + test: choosing the epoch on val chooses on the pool
+    with pytest.raises(ConfigError, match=r"levircc_tff.yaml:train.select: 'best_val'.*'val'.*caption"):
+        load_config(REPO / "configs" / "levircc_tff.yaml", ["train.select=best_val"])
+    # RSITMD has no validation split: the test split stands in
+    with pytest.raises(ConfigError, match=r"train.select: 'best_val'.*'test'.*it is the test split"):
+        load_config(REPO / "configs" / "rsitmd_multilingual.yaml", ["train.select=best_val"])
+    with pytest.raises(ConfigError, match=r"train.select: 'best_val' needs a validation split"):
+        load_config(REPO / "configs" / "demo.yaml", ["train.select=best_val", "data.val_split=''"])
+    # allowed where val is held out of the evaluation
+    assert load_config(REPO / "configs" / "demo.yaml", ["train.select=best_val"]).train.select == "best_val"
+    assert load_config(REPO / "configs" / "levircc_tff.yaml", [
+        "train.select=best_val", "eval.caption_protocol=false"]).train.select == "best_val"
+    with pytest.raises(ConfigError, match=r"train.select: expected one of \['last', 'best_val'\]"):
+        load_config(REPO / "configs" / "demo.yaml", ["train.select=best"])
+    with pytest.raises(ConfigError, match=r"data.captions: expected one of \['all', 'one_random'\]"):
+        load_config(REPO / "configs" / "demo.yaml", ["data.captions=every"])

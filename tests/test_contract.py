@@ -166,7 +166,7 @@ def test_galr_local_branch_learns_from_the_shards_objects(ray_session, world, tm
     cfg = load_config(REPO / "configs" / "demo_tiny.yaml", base)
     torch.manual_seed(cfg.train.seed)  # rank 0 builds its model right after this seed
     initial = create_model(cfg.model, cfg.loss).state_dict()
-    trained = torch.load(fit(cfg, tmp_path / "full").best_checkpoint, weights_only=True)["model"]
+    trained = torch.load(fit(cfg, tmp_path / "full").checkpoint, weights_only=True)["model"]
     local = [k for k in initial if k.startswith("local_branch.")]
     assert len(local) >= 8
     moved = [k for k in local if not torch.equal(initial[k], trained[k])]
@@ -177,5 +177,5 @@ def test_galr_local_branch_learns_from_the_shards_objects(ray_session, world, tm
     assert untouched > 0.5
 
     off = load_config(REPO / "configs" / "demo_tiny.yaml", [*base, "model.options.local_branch=false"])
-    state = torch.load(fit(off, tmp_path / "global").best_checkpoint, weights_only=True)["model"]
+    state = torch.load(fit(off, tmp_path / "global").checkpoint, weights_only=True)["model"]
     assert not [k for k in state if k.startswith(("local_branch.", "fusion."))]

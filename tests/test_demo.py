@@ -19,7 +19,7 @@ def test_every_demo_task_is_a_valid_recipe_on_its_shards() -> None:
         folder = "pairs" if task_cfg.data.task == "pair" else "single"
         assert task_cfg.data.shards == str(root / folder)
     # the pair model starts from the single-image run's towers
-    assert tasks["pair"].train.init_from == "/w/runs/single/best.pt"
+    assert tasks["pair"].train.init_from == "/w/runs/single/last.pt"
 
 
 def test_a_bad_task_override_names_the_task() -> None:

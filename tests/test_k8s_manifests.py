@@ -922,3 +922,19 @@ def test_train_job_through_jobs_api(tmp_path):
     numbers = [v for h in history for v in h.values()
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
     assert numbers and all(math.isfinite(v) for v in numbers)
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_index_and_evaluate_read_the_model_the_train_job_writes(name):
+    """``model.checkpoint`` of index / evaluate is ``<train.run_dir>/<recipe name>/last.pt``
+    of the train job (the recipe's ``train.select`` is ``last``)."""
+    from rsir.config import load_config
+
+    jobs = by_kind(rendered(name), "RayJob")
+    _, recipe, train_overrides = _entrypoint(jobs["rsir-train"])
+    cfg = load_config(REPO / recipe, train_overrides)
+    assert cfg.train.select == "last"
+    expected = f"{cfg.train.run_dir}/{cfg.name}/last.pt"
+    for job in ("rsir-index", "rsir-evaluate"):
+        overrides = dict(o.split("=", 1) for o in _entrypoint(jobs[job])[2])
+        assert overrides["model.checkpoint"] == expected, (job, overrides)

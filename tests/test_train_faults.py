@@ -158,7 +158,7 @@ def _scenario_kill(world: Path, run_dir: Path, nodes: list) -> dict:
     result = fit(cfg, run_dir)
     watcher.join(timeout=5)
     return {"killed": killed, "history_epochs": [h["epoch"] for h in result.history],
-            "best": str(result.best_checkpoint) if result.best_checkpoint else None,
+            "best": str(result.checkpoint) if result.checkpoint else None,
             "nodes": [n.node_id for n in nodes],
             "ranks": {r: _starts(run_dir, r)[0]["node_id"] for r in (0, 1)}}
 

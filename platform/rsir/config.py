@@ -99,6 +99,12 @@ class DataConfig:
     # Training caption language: one of ``languages``, or ``random`` to draw one of them per
     # sample per epoch.
     language: str = "en"
+    # Training rows per image (or pair): ``all``, one per caption, as the time-series paper
+    # pairs "each caption with its image pair separately" (an epoch is one pass over the
+    # captions); under ``language: random`` one per caption index, the language drawn per
+    # sample (the i-th caption of every language is one sentence and its translations).
+    # ``one_random``: one row per image, a random caption of it each epoch.
+    captions: Literal["all", "one_random"] = "all"
     augment: bool = True
     random_crop_scale: float = 0.9
     # Random rotation by a uniform angle in [0, random_rotation] degrees, counter-clockwise,
@@ -154,6 +160,11 @@ class TrainConfig:
     # Weights to start from (an rsir checkpoint or a state dict): the tensors whose names
     # and shapes match are loaded, e.g. a single-image run's towers for a pair run.
     init_from: str | None = None
+    # The checkpoint a run hands on (``TrainResult.checkpoint``: evaluation, the demo):
+    # ``last`` (``last.pt``, written after every epoch; the papers evaluate the last epoch's
+    # model) or ``best_val`` (``best.pt``, the epoch of the highest validation mR; refused
+    # when the validation split is part of what the recipe evaluates on).
+    select: Literal["last", "best_val"] = "last"
 
 
 @dataclass(frozen=True)
@@ -361,18 +372,46 @@ def archive_normalization(data: DataConfig, where: str) -> DataConfig:
                                std=[stats["std"][i] for i in index])
 
 
+def evaluated_splits(cfg: RecipeConfig) -> list[str]:
+    """The splits ``rsir evaluate`` scores: the test split, and for pairs under the caption
+    protocol the validation split too (the time-series paper merges val + test)."""
+    if cfg.data.task == "pair" and cfg.eval.caption_protocol:
+        return [cfg.data.test_split, cfg.data.val_split]
+    return [cfg.data.test_split]
+
+
+def check_selection(cfg: RecipeConfig, where: str) -> None:
+    """Refuse ``train.select: best_val`` where it cannot be honest: without a validation
+    split, or when the validation split is also scored by the evaluation (choosing the
+    epoch on it would choose on the test pool)."""
+    if cfg.train.select != "best_val":
+        return
+    if not cfg.data.val_split:
+        raise ConfigError(f"{where}train.select: 'best_val' needs a validation split "
+                          f"(data.val_split is empty); use 'last'")
+    if cfg.data.val_split in evaluated_splits(cfg):
+        why = ("it is the test split" if cfg.data.val_split == cfg.data.test_split else
+               "the pairs' caption protocol (eval.caption_protocol) evaluates on val + test")
+        raise ConfigError(
+            f"{where}train.select: 'best_val' would pick the epoch on data.val_split "
+            f"{cfg.data.val_split!r}, which the evaluation scores ({why}); use 'last'")
+
+
 def load_config(
     path: str | Path, overrides: typing.Iterable[str] = (), cls: type = RecipeConfig
 ) -> Any:
     """Load a recipe YAML (plus overrides) into ``cls``; errors name ``file:key``.
 
     A recipe with ``data.normalization: archive`` gets its archive's band statistics here,
-    so every job (and the resolved ``config.yaml`` beside a run) sees the numbers.
+    so every job (and the resolved ``config.yaml`` beside a run) sees the numbers; its
+    ``train.select`` is checked against its evaluation (:func:`check_selection`).
     """
     data = apply_overrides(load_yaml(path), overrides)
     cfg = from_dict(cls, data, str(path))
-    if isinstance(cfg, RecipeConfig) and cfg.data.normalization == "archive":
-        cfg = dataclasses.replace(cfg, data=archive_normalization(cfg.data, f"{path}:"))
+    if isinstance(cfg, RecipeConfig):
+        check_selection(cfg, f"{path}:")
+        if cfg.data.normalization == "archive":
+            cfg = dataclasses.replace(cfg, data=archive_normalization(cfg.data, f"{path}:"))
     return cfg
 
 

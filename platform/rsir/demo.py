@@ -124,7 +124,7 @@ def run_demo(cfg: RecipeConfig, out: Path, local: bool = True) -> dict[str, dict
               f"{time.perf_counter() - t0:.0f} s: loss {last['loss']:.3f}, val mR "
               f"{last.get('val_mR', float('nan')):.1f}, {last['samples_per_s']:.0f} samples/s",
               flush=True)
-        report[task] = evaluate_task(task_cfg, result.best_checkpoint, out / "reports" / task)
+        report[task] = evaluate_task(task_cfg, result.checkpoint, out / "reports" / task)
         report[task]["train_seconds"] = time.perf_counter() - t0
     return report
 

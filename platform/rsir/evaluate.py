@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rsir.config import RecipeConfig, load_config, save_config, to_dict
+from rsir.config import RecipeConfig, evaluated_splits, load_config, save_config, to_dict
 from rsir.preflight import check_recipe, start_job
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | None, out: Path) -> dict[str, 
     split = cfg.data.test_split
     # Pairs: val too, in the same pass, for the caption protocol. Every language.
     protocol = cfg.data.task == "pair" and cfg.eval.caption_protocol
-    splits = [split, cfg.data.val_split] if protocol else [split]
-    embedded = embed_splits(cfg, checkpoint, splits, language=None)
+    embedded = embed_splits(cfg, checkpoint, evaluated_splits(cfg), language=None)
     emb = embedded[split]
     publish_split(emb, cfg, checkpoint, out / "archive")
     meta = _split_meta(cfg, split, emb.ids)

@@ -18,11 +18,12 @@ import pyarrow.dataset as pads
 import ray
 import ray.data
 from ray.actor import ActorHandle
+from ray.data import RandomSeedConfig
 from ray.data.expressions import col
 
 from rsir.config import DataConfig
 from rsir.data.contract import InputContract
-from rsir.data.transforms import DroppedRow, log_dropped, preprocess_rows
+from rsir.data.transforms import DroppedRow, caption_groups, log_dropped, preprocess_rows
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,15 @@ def _keep_no_change(table: pa.Table, fraction: float, seed: int) -> pa.Table:
         for c, i in zip(table.column("changed").to_pylist(), table.column("id").to_pylist())
     ]
     return table.filter(pa.array(keep, type=pa.bool_()))
+
+
+def _one_row_per_caption(table: pa.Table, language: str, languages: Sequence[str]) -> pa.Table:
+    """Each row repeated once per caption group (:func:`caption_groups`), each copy with
+    only its group's captions. Arrow in and out, like :func:`_keep_no_change`."""
+    groups = [caption_groups(c, language, languages) for c in table.column("captions").to_pylist()]
+    out = table.take(pa.array([i for i, g in enumerate(groups) for _ in g], type=pa.int64()))
+    captions = pa.array([c for g in groups for c in g], type=table.schema.field("captions").type)
+    return out.set_column(out.schema.get_field_index("captions"), "captions", captions)
 
 
 @ray.remote(num_cpus=0)
@@ -103,19 +113,28 @@ def preprocess_counted(
 
 def training_dataset(cfg: DataConfig, contract: InputContract, seed: int = 0,
                      counter: ActorHandle | None = None) -> ray.data.Dataset:
-    """Train split -> (LEVIR-CC no-change rule) -> augmented model inputs with a caption and
-    the model's fields: the batches hold ``contract.batch_keys``.
+    """Train split -> (LEVIR-CC no-change rule) -> one row per caption (``data.captions``)
+    -> a global random shuffle -> augmented model inputs with a caption and the model's
+    fields: the batches hold ``contract.batch_keys``.
 
+    The shuffle is a uniform permutation of the whole split, a new one each time the dataset
+    is executed (each epoch), seeded by ``seed`` and the execution count (Ray Data's
+    ``RandomSeedConfig(reseed_after_execution=True)``). A local buffer over shards read in
+    file order could not mix a split that is sorted (LEVIR-CC's ends in hundreds of
+    consecutive no-change pairs); the cost is a barrier: the first batch waits for the
+    whole split's reads (its encoded bytes, not its tensors: preprocessing comes after).
     With a :class:`DropCounter`, every row preprocessing drops is counted there.
     """
-    # A new shard order each epoch. Not randomize_block_order: that is a barrier which waits
-    # for every read (the whole split's bytes in the object store) before the first batch.
-    ds = read_split(cfg.shards, cfg.train_split, contract.columns, shuffle_files=True)
+    ds = read_split(cfg.shards, cfg.train_split, contract.columns)
     if cfg.task == "pair" and cfg.no_change_keep_fraction < 1.0:
         ds = ds.map_batches(_keep_no_change, batch_format="pyarrow", batch_size=None,
                             fn_kwargs={"fraction": cfg.no_change_keep_fraction, "seed": seed})
-    # batch_size=None: reading a shard and preprocessing it fuse into one task (with a batch
-    # size they are two operators, twice the tasks, and a hop through the object store).
+    if cfg.captions == "all":
+        ds = ds.map_batches(_one_row_per_caption, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"language": cfg.language, "languages": cfg.languages})
+    ds = ds.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    # batch_size=None: one task per shuffled block, yielding batch by batch (the first
+    # batch does not wait for the whole block).
     ds = ds.map_batches(preprocess_counted, batch_format="numpy", batch_size=None,
                         fn_kwargs={"cfg": cfg, "train": True, "fields": contract.fields,
                                    "counter": counter})

@@ -210,6 +210,25 @@ def sample_caption(
     return c["text"], c["lang"]
 
 
+def caption_groups(
+    captions: Sequence[Mapping[str, str]] | None, language: str, languages: Sequence[str] = (),
+) -> list[Any]:
+    """The training rows of one image under ``data.captions: all``: the captions each row
+    keeps, one row per caption of ``language``; under ``random``, one per caption index,
+    holding the index-th caption of every declared language present (a sentence and its
+    translations; :func:`sample_caption` then draws the language). A row with no caption
+    to use stays one row, as it is, for preprocessing to drop and count."""
+    usable = [c for c in captions if c["text"]] if captions is not None else []
+    if language == "random":
+        langs = sorted({c["lang"] for c in usable} & set(languages or [c["lang"] for c in usable]))
+        per_lang = [[c for c in usable if c["lang"] == lang] for lang in langs]
+        n = max((len(p) for p in per_lang), default=0)
+        groups = [[p[i] for p in per_lang if i < len(p)] for i in range(n)]
+    else:
+        groups = [[c] for c in usable if c["lang"] == language]
+    return groups or [captions]
+
+
 @dataclass(frozen=True)
 class DroppedRow:
     """A row preprocessing skipped, and why (the ``ValueError``'s message)."""

@@ -37,5 +37,5 @@ def cli_main(args: argparse.Namespace) -> int:
     last = result.history[-1] if result.history else {}
     print(f"trained {cfg.name}: {len(result.history)} epochs in {result.run_dir}; "
           f"last loss {last.get('loss', float('nan')):.4f}, val mR "
-          f"{last.get('val_mR', float('nan')):.2f}; best checkpoint {result.best_checkpoint}")
+          f"{last.get('val_mR', float('nan')):.2f}; model ({cfg.train.select}) {result.checkpoint}")
     return 0

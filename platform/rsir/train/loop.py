@@ -1,8 +1,9 @@
 """The per-worker training loop (Ray Train glue around the pure library).
 
 Each epoch: stream this worker's shard, contrastive step(s), then rank 0 validates on the
-validation split, writes the metrics history and a checkpoint, and every worker calls
-``ray.train.report``. A restarted worker group resumes from ``ray.train.get_checkpoint()``.
+validation split, writes the metrics history, ``last.pt`` (and ``best.pt`` under
+``train.select: best_val`` when validation mR is the best so far) and a checkpoint, and
+every worker calls ``ray.train.report``. A restarted worker group resumes from ``ray.train.get_checkpoint()``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
+# What a run hands on (train.select): the last epoch's model, or the best on validation.
+LAST_FILE = "last.pt"
+BEST_FILE = "best.pt"
 
 
 def _rng_state() -> dict[str, Any]:
@@ -134,8 +138,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(train_shard.iter_batches(
                 batch_size=cfg.data.batch_size, batch_format="numpy", drop_last=True,
-                prefetch_batches=cfg.data.prefetch_batches,
-                local_shuffle_buffer_size=4 * cfg.data.batch_size)):
+                prefetch_batches=cfg.data.prefetch_batches)):  # shuffled: training_dataset
             inputs = batch_inputs(model, batch, image_key, device, contract.fields)
             losses = contrastive_loss(model, loss_fn, inputs, bf16=use_bf16)
             (losses["loss"] / accum).backward()
@@ -171,6 +174,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if k not in ("epoch", "step"):
                     tb.add_scalar(k, v, epoch)
             tb.flush()
+            _write_selected(run_dir, unwrap(model).state_dict(), config["recipe"], epoch,
+                            metrics.get("val_mR"), best=_is_best(cfg, history))
             tmp = tempfile.mkdtemp(prefix="rsir-ckpt-")
             torch.save({
                 "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -184,6 +189,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                          checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
     if tb is not None:
         tb.close()
+
+
+def _is_best(cfg: RecipeConfig, history: list[dict[str, Any]]) -> bool:
+    """Under ``train.select: best_val``: the newest epoch has the highest validation mR so
+    far (the first of equals wins). ``history`` survives a resume, so does the choice."""
+    if cfg.train.select != "best_val" or "val_mR" not in history[-1]:
+        return False
+    return all(h["val_mR"] < history[-1]["val_mR"] for h in history[:-1])
+
+
+def _write_selected(run_dir: Path, model_state: dict[str, Any], recipe: dict[str, Any],
+                    epoch: int, val_mR: float | None, best: bool) -> None:
+    """``last.pt`` after every epoch, and ``best.pt`` when ``best``: the weights and recipe
+    a reader needs (loadable with ``weights_only=True``), replaced atomically."""
+    state = {"model": model_state, "config": recipe, "epoch": epoch, "val_mR": val_mR}
+    for name in (LAST_FILE, BEST_FILE) if best else (LAST_FILE,):
+        tmp = run_dir / f".{name}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, run_dir / name)
 
 
 def _eval_lang(cfg: RecipeConfig) -> str:

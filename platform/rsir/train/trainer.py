@@ -1,9 +1,11 @@
 """``build_trainer``: a Ray Train ``TorchTrainer`` for a recipe, and ``fit`` with a run directory.
 
 A run directory holds: ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` (one line
-per epoch), ``tensorboard/``, Ray Train's ``checkpoint_epoch_*`` folders, ``best.pt``
-(the best checkpoint by validation mR) and ``curves.png`` (loss and validation mR).
-Fitting again with the same run directory resumes from its latest checkpoint.
+per epoch), ``tensorboard/``, Ray Train's ``checkpoint_epoch_*`` folders (the newest
+``train.keep_checkpoints``, to resume from), ``last.pt`` (the last epoch's model), ``best.pt``
+(under ``train.select: best_val``: the epoch of the best validation mR) and ``curves.png``
+(loss and validation mR). Fitting again with the same run directory resumes from its latest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ from typing import Any
 
 import ray
 import ray.train
-import torch
 from ray.actor import ActorHandle
 from ray.train.torch import TorchTrainer
 
-from rsir.config import RecipeConfig, save_config, to_dict
+from rsir.config import RecipeConfig, check_selection, save_config, to_dict
 from rsir.data.pipeline import DropCounter, read_split, training_dataset
 from rsir.models import input_contract
-from rsir.train.loop import CHECKPOINT_FILE, METRICS_FILE, train_loop_per_worker
+from rsir.train.loop import BEST_FILE, LAST_FILE, METRICS_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     run_dir: Path
-    best_checkpoint: Path | None
+    # the model the run hands on, as train.select says: last.pt or best.pt
+    checkpoint: Path | None
     history: list[dict[str, Any]]
     # rows of the train split preprocessing dropped (corrupt images, bad rows), distinct ids
     dropped_rows: int = 0
@@ -44,6 +46,7 @@ def build_trainer(
 
     With a ``DropCounter``, the training rows preprocessing drops are counted there.
     """
+    check_selection(cfg, f"recipe {cfg.name}: ")
     run_dir = Path(run_dir).resolve()
     contract = input_contract(cfg)
     datasets = {"train": training_dataset(cfg.data, contract, seed=cfg.train.seed,
@@ -64,11 +67,9 @@ def build_trainer(
             name=run_dir.name,
             storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.train.keep_checkpoints,
-                checkpoint_score_attribute="val_mR" if cfg.data.val_split else None,
-                checkpoint_score_order="max",
-            ),
+            # The newest checkpoints, to resume from; the selected model is written by
+            # the loop itself (last.pt / best.pt).
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -83,36 +84,28 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def fit(cfg: RecipeConfig, run_dir: str | Path) -> TrainResult:
-    """Train ``cfg`` into ``run_dir``; write the resolved config, best checkpoint and plot."""
+    """Train ``cfg`` into ``run_dir``; write the resolved config and the plot. The result's
+    ``checkpoint`` is ``last.pt`` or, under ``train.select: best_val``, ``best.pt``."""
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.train.init_from:  # the workers' working directory is not the driver's
         init_from = Path(cfg.train.init_from).resolve()
         if not init_from.is_file():
             raise FileNotFoundError(f"train.init_from: {init_from}: no such file")
         cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
-    save_config(cfg, run_dir / "config.yaml")
     counter = DropCounter.remote()
-    result = build_trainer(cfg, run_dir, counter).fit()
+    trainer = build_trainer(cfg, run_dir, counter)  # refuses a train.select it cannot honour
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    trainer.fit()
     drops = ray.get(counter.summary.remote())
     if drops["rows"]:
         log.warning("training skipped %d corrupt or invalid rows of %s (%d times over all epochs),"
                     " e.g. %s", drops["rows"], cfg.data.shards, drops["reads"], drops["examples"])
-    best = None
-    if result.best_checkpoints:
-        ranked = sorted(result.best_checkpoints,
-                        key=lambda cm: cm[1].get("val_mR", cm[1].get("epoch", 0)))
-        with ranked[-1][0].as_directory() as d:
-            # Our own checkpoint (RNG state included) is trusted; best.pt keeps only what a
-            # reader needs, loadable with ``weights_only=True``.
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-        best = run_dir / "best.pt"
-        torch.save({"model": state["model"], "config": state["config"], "epoch": state["epoch"],
-                    "val_mR": ranked[-1][1].get("val_mR")}, best)
+    selected = run_dir / (BEST_FILE if cfg.train.select == "best_val" else LAST_FILE)
     history = read_history(run_dir)
     plot_curves(history, run_dir / "curves.png")
-    return TrainResult(run_dir=run_dir, best_checkpoint=best, history=history,
-                       dropped_rows=drops["rows"])
+    return TrainResult(run_dir=run_dir, checkpoint=selected if selected.is_file() else None,
+                       history=history, dropped_rows=drops["rows"])
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:

@@ -183,23 +183,29 @@ def resume_campaign(run_dir: str | Path) -> dict[str, Any]:
     return write_report(cfg, results, run_dir, time.perf_counter() - t0)
 
 
-def _best_value(result: Any, metric: str, mode: str) -> float:
+def _trial_value(result: Any, metric: str, mode: str, last: bool = False) -> float:
+    """A trial's score: its best reported value, or with ``last`` its final one (a train
+    trial under ``train.select: last``, whose model is the last epoch's)."""
     df = result.metrics_dataframe
     if df is not None and metric in df:
         vals = df[metric].dropna()
         if len(vals):
-            return float(vals.max() if mode == "max" else vals.min())
+            return float(vals.iloc[-1] if last else vals.max() if mode == "max" else vals.min())
     return float(result.metrics.get(metric, math.nan)) if result.metrics else math.nan
 
 
 def trial_table(cfg: TuneConfig, results: Any) -> list[dict[str, Any]]:
+    """One row per trial: its parameters and score (a train trial is scored on the model
+    its recipe's ``train.select`` hands on: the last epoch's, or the best on validation)."""
+    select = (_base_recipe(cfg) or {}).get("train", {}).get("select") if cfg.kind == "train" else None
     rows = []
     for r in results:
         m = r.metrics or {}
+        last = select is not None and (r.config or {}).get("train.select", select) == "last"
         rows.append({
             "trial_id": m.get("trial_id", Path(r.path).name if r.path else ""),
             **{k: (r.config or {}).get(k) for k in cfg.space},
-            cfg.metric: _best_value(r, cfg.metric, cfg.mode),
+            cfg.metric: _trial_value(r, cfg.metric, cfg.mode, last),
             "iterations": m.get("training_iteration"),
             "time_s": m.get("time_total_s"),
             "error": repr(r.error) if r.error else "",
