@@ -48,6 +48,8 @@ def server(ray_session, tmp_path_factory):
     fx = make_fixture(tmp_path_factory.mktemp("serve"), n_scenes=16, n_pairs=8)
     (port,) = free_ports(1)
     cfg_dict = serve_config_dict(fx, port)
+    cfg_dict["monitors"] = {"store": str(tmp_path_factory.mktemp("serve_state") / "monitors.db"),
+                            "deliver_interval_s": 0.2}
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(from_dict(ServeConfig, cfg_dict)), name="rsir", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
@@ -603,3 +605,94 @@ def test_api_key(server):
         key_file.unlink()
     _wait_status(server, 200)
     assert post(server, body).status_code == 200  # key removed: open again
+
+
+# ---------------------------------------------------------------------------------------
+# Monitors: standing queries scored on each new version's rows
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body,status,field", [
+    ({"target": "pairs", "query": {"kind": "text", "text": "x"}, "threshold": 0.1}, 422, "name"),
+    ({"name": "m", "target": "pairs", "query": {"kind": "text", "text": "x"}}, 422, "threshold"),
+    ({"name": "m", "target": "pairs", "query": {"kind": "text", "text": "x"}, "threshold": 0.1,
+      "calibrate": {"top": 5}}, 422, "threshold"),
+    ({"name": "m", "target": "pairs", "query": {"kind": "sketch"}, "threshold": 0.1}, 422, "query.kind"),
+    ({"name": "m", "target": "pairs", "query": {"kind": "text"}, "threshold": 0.1}, 422, "query.text"),
+    ({"name": "m", "target": "pairs", "query": {"kind": "text", "text": "x", "k": 3}, "threshold": 0.1},
+     422, "query.k"),
+    ({"name": "m", "target": "pairs", "query": {"kind": "text", "text": "x"}, "threshold": 0.1,
+      "scope": {"bbox": [10, 50, 11]}}, 422, "scope.bbox"),
+    ({"name": "m", "target": "pairs", "query": {"kind": "text", "text": "x"}, "threshold": 0.1,
+      "scope": {"polygon": {"type": "Point", "coordinates": [1, 2]}}}, 422, "scope.polygon"),
+    ({"name": "m", "target": "pairs", "query": {"kind": "text", "text": "x"}, "threshold": 0.1,
+      "scope": {"datetime": "2021-01-01/.."}}, 422, "scope.datetime"),
+    ({"name": "m", "target": "pairs", "query": {"kind": "text", "text": "x"}, "calibrate": {"top": 0}},
+     422, "calibrate.top"),
+    ({"name": "m", "target": "pairs", "query": {"kind": "text", "text": "x"}, "threshold": 0.1,
+      "webhook": "ftp://x"}, 422, "webhook"),
+    ({"name": "m", "target": "maps", "query": {"kind": "text", "text": "x"}, "threshold": 0.1}, 422, "target"),
+])
+def test_bad_monitor_definitions_name_the_field(server, body, status, field):
+    r = post(server, body, path="/v1/monitors")
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field
+
+
+def test_monitor_alerts_on_new_rows_in_scope_once(server):
+    from rsir.retrieval.archive import current_version, load_archive, publish_archive
+    from rsir.retrieval.monitors import boxes_intersect
+
+    fx, s, url = server["fx"], server["s"], server["url"]
+    text = fx["texts"][0]
+    scope = {"bbox": [20.0, 45.0, 20.15, 45.3], "datetime": "2019-01-01T00:00:00Z/.."}
+    r = post(server, {"name": "new-change", "target": "pairs", "query": {"kind": "text", "text": text},
+                      "scope": scope, "calibrate": {"top": 2}}, path="/v1/monitors")
+    assert r.status_code == 201, r.text
+    threshold = r.json()["threshold"]
+    assert r.json()["calibrated_top"] == 2
+    assert post(server, {"name": "new-change", "target": "pairs", "query": {"kind": "text", "text": "y"},
+                         "threshold": 0.0}, path="/v1/monitors").status_code == 409
+    assert [m["name"] for m in s.get(url + "/v1/monitors").json()["monitors"]] == ["new-change"]
+    q = np.array(post(server, {"kind": "text", "text": text}, path="/v1/embed").json()["embedding"])
+    root = fx["roots"]["pairs"]
+    old = load_archive(root)
+    # wait until the endpoint has taken the current version as its baseline
+    deadline = time.time() + 30
+    while time.time() < deadline and not server_scored(server, old.version):
+        time.sleep(0.2)
+    # A delta: every old pair again under a new id (same place, same dates), plus their sum.
+    new_ids = [f"{i}-2024" for i in old.ids]
+    ids = old.ids + new_ids
+    vectors = np.vstack([old.vectors, old.vectors])
+    meta = {k: v + v for k, v in old.metadata.items()}
+    publish_archive(root, ids, vectors, old.manifest, meta)
+    expected = {new_ids[i] for i in range(len(old.ids))
+                if old.vectors[i] @ q >= threshold - 1e-5
+                and old.metadata["bbox"][i] is not None
+                and boxes_intersect(np.array(old.metadata["bbox"][i]), np.array(scope["bbox"]))}
+    assert expected  # the calibration's top rows lie in the scope: their copies alert
+    got: set[str] = set()
+    deadline = time.time() + 60
+    while time.time() < deadline and got != expected:
+        time.sleep(0.3)
+        got = {a["row_id"] for a in s.get(url + "/v1/alerts", params={"monitor": "new-change"}).json()["alerts"]}
+    assert got == expected
+    feed = s.get(url + "/v1/alerts", params={"monitor": "new-change", "format": "geojson"})
+    assert feed.headers["content-type"].startswith("application/geo+json")
+    features = feed.json()["features"]
+    assert {f["properties"]["row_id"] for f in features} == expected
+    assert all(f["geometry"]["type"] == "Polygon" and f["properties"]["rank"] >= 1 for f in features)
+    # republishing the same rows raises nothing new; pausing stops alerts
+    assert s.patch(url + "/v1/monitors/new-change", json={"paused": True}).json()["paused"] is True
+    detail = s.get(url + "/v1/monitors/new-change").json()
+    assert len(detail["latest_alerts"]) == len(expected) and detail["webhook_deliveries"]["pending"] == 0
+    assert s.delete(url + "/v1/monitors/new-change").status_code == 200
+    assert s.get(url + "/v1/monitors/new-change").status_code == 404
+    assert current_version(root) != old.version
+
+
+def server_scored(server, version: str) -> bool:
+    from rsir.monitor.store import MonitorStore
+
+    return MonitorStore(server["cfg"]["monitors"]["store"]).last_scored("pairs") == version

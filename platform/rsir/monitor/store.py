@@ -84,6 +84,14 @@ deliveries = sa.Table(
 )
 
 
+def _sqlite_pragmas(conn: Any, _record: Any) -> None:
+    # foreign keys (ON DELETE CASCADE) are off by default in SQLite; WAL lets the endpoint
+    # read while a scoring writes, and commits without a full fsync each
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+
+
 def store_url(path_or_url: str | Path) -> str:
     """A database URL: a URL as given, a path as a SQLite file (its folder created)."""
     text = str(path_or_url)
@@ -133,9 +141,7 @@ class MonitorStore:
         self.url = store_url(url)
         self.engine = sa.create_engine(self.url)
         if self.engine.dialect.name == "sqlite":
-            # foreign keys (ON DELETE CASCADE) are off by default in SQLite
-            sa.event.listen(self.engine, "connect",
-                            lambda conn, _: conn.execute("PRAGMA foreign_keys=ON"))
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
 
     def _insert_ignoring_duplicates(self, table: sa.Table) -> Any:
@@ -162,10 +168,11 @@ class MonitorStore:
             calibration=None if calibration is None else np.asarray(calibration, np.float32).tobytes(),
             scope=json.dumps(scope), webhook=webhook, paused=paused,
             archive_version=archive_version, created=time.time())
-        with self.engine.begin() as conn:
-            if conn.execute(sa.select(monitors.c.id).where(monitors.c.name == name)).first():
-                raise KeyError(f"a monitor named {name!r} exists")
-            new_id = conn.execute(monitors.insert().values(**values)).inserted_primary_key[0]
+        try:
+            with self.engine.begin() as conn:
+                new_id = conn.execute(monitors.insert().values(**values)).inserted_primary_key[0]
+        except sa.exc.IntegrityError:
+            raise KeyError(f"a monitor named {name!r} exists") from None
         return self.get(new_id)
 
     def get(self, key: int | str) -> StoredMonitor:
@@ -251,6 +258,12 @@ class MonitorStore:
     def scored(self, archive: str) -> set[str]:
         with self.engine.connect() as conn:
             return {v for (v,) in conn.execute(sa.select(scored.c.version).where(scored.c.archive == archive))}
+
+    def last_scored(self, archive: str) -> str | None:
+        """The version of ``archive`` scored last (the baseline of the next one's new rows)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(scored.c.version).where(scored.c.archive == archive)
+                                .order_by(scored.c.created.desc()).limit(1)).scalar()
 
     def mark_scored(self, archive: str, version: str, rows: int, n_alerts: int, seconds: float) -> None:
         with self.engine.begin() as conn:

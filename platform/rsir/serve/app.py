@@ -37,6 +37,8 @@ def resolve_paths(cfg: ServeConfig) -> ServeConfig:
         shards=dataclasses.replace(cfg.shards, **{
             k: _abs(v) for k, v in dataclasses.asdict(cfg.shards).items()}),
         api_key_file=_abs(cfg.api_key_file),
+        monitors=dataclasses.replace(cfg.monitors, store=cfg.monitors.store if cfg.monitors.store is None
+                                     or "://" in cfg.monitors.store else _abs(cfg.monitors.store)),
     )
 
 

@@ -109,6 +109,18 @@ class ShardsConfig:
 
 
 @dataclass(frozen=True)
+class MonitorsConfig:
+    """Standing queries (``/v1/monitors``, rsir.monitor): where they and their alerts live
+    (a path: one SQLite file, e.g. under the server's state directory; or a database URL,
+    ``postgresql+psycopg://...`` on a cluster); None: no monitors on this endpoint. Each
+    archive version that lands is scored against them (its new rows only), as Ray tasks."""
+
+    store: str | None = None
+    score_on_ray: bool = True
+    deliver_interval_s: float = 1.0  # how often due webhook deliveries are attempted
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     # Trained weights; none for a training-free recipe (WEICOM on pretrained towers), which
     # ``recipe`` must then name.
@@ -138,3 +150,4 @@ class ServeConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)

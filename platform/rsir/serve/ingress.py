@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from rsir.serve.archives import Poller, Version, VersionIndex
 from rsir.serve.batching import Batcher
 from rsir.serve.config import ServeConfig
 from rsir.serve.media import GEOJSON, STATIC, Thumbnails, feature_collection, to_png
+from rsir.serve.monitors import alerts_feature_collection, monitor_json, parse_monitor, scope_json
 from rsir.serve.requests import ApiError, SearchRequest, parse_embed, parse_search
 from rsir.serve.search import Query, merge_hits, rerank_scores
 
@@ -60,10 +62,18 @@ class Ingress:
         self.index = VersionIndex(self.roots, len(self.shards))
         self.text_top_k = Batcher(self._text_batch, self.cfg.ingress.max_batch_size)
         self.top_k = Batcher(self._top_k_batch, self.cfg.ingress.max_batch_size)
+        self.monitors = None
+        self._scoring = threading.Lock()
+        if self.cfg.monitors.store:
+            from rsir.monitor.store import MonitorStore
+
+            self.monitors = MonitorStore(self.cfg.monitors.store)
         self._poll_once()
         shard_roots = [r for r in (self.cfg.shards.images, self.cfg.shards.pairs) if r]
         self.thumbs = Thumbnails(shard_roots) if shard_roots else None
         self._poller = Poller(self._poll_once, self.cfg.poll_interval_s, "archive-poller")
+        self._deliverer = (Poller(self._deliver_once, self.cfg.monitors.deliver_interval_s, "webhooks")
+                           if self.monitors is not None else None)
 
     @property
     def archives(self) -> dict[str, Version]:
@@ -83,11 +93,41 @@ class Ingress:
                 key = ""
             self.api_key = key or self.static_key
         self.index.poll_once()
+        if self.monitors is not None and self._scoring.acquire(blocking=False):
+            # the versions that landed since the last scoring: their new rows against the
+            # monitors, off the poller (a big delta takes a while)
+            threading.Thread(target=self._score_new_versions, name="monitor-scoring", daemon=True).start()
+
+    def _score_new_versions(self) -> None:
+        from rsir.monitor.job import score_version
+
+        try:
+            for target, v in self.archives.items():
+                if target not in ("images", "pairs") or not v.rows:
+                    continue
+                last = self.monitors.last_scored(target)
+                if last == v.version:
+                    continue
+                if last is None:  # monitors watch what lands after the endpoint started watching
+                    self.monitors.mark_scored(target, v.version, 0, 0, 0.0)
+                    continue
+                score_version(self.monitors, target, self.roots[target], v.version, last,
+                              use_ray=self.cfg.monitors.score_on_ray)
+        except Exception:  # noqa: BLE001 - logged; the next poll retries the version
+            log.exception("scoring the monitors failed")
+        finally:
+            self._scoring.release()
+
+    def _deliver_once(self) -> None:
+        from rsir.monitor.webhooks import deliver_due
+
+        deliver_due(self.monitors)
 
     def __del__(self) -> None:
-        poller = getattr(self, "_poller", None)
-        if poller is not None:
-            poller.stop()
+        for name in ("_poller", "_deliverer"):
+            poller = getattr(self, name, None)
+            if poller is not None:
+                poller.stop()
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -356,3 +396,164 @@ class Ingress:
                             headers={"cache-control": "public, max-age=3600"})
         except ApiError as err:
             return _error(err)
+
+    # -- monitors ---------------------------------------------------------------------
+
+    def _store(self):
+        if self.monitors is None:
+            raise ApiError(404, "monitors", "this endpoint keeps no monitors (serve config monitors.store)")
+        return self.monitors
+
+    async def _create_monitor(self, body: Any) -> dict[str, Any]:
+        """Validate, embed the query, calibrate it on the current archive when asked, store."""
+        store = self._store()
+        archives = self.archives
+        mreq = parse_monitor(body, self.cfg.limits, self.bands, set(archives), self.default_lambda)
+        req, v = mreq.query, archives[mreq.target]
+        if not v.rows:
+            raise ApiError(404, "target", f"the {mreq.target!r} archive is empty")
+        qt = await self._text(req.text) if req.text is not None else None
+        qi = await self._visual(req) if req.image is not None else None
+        vector = qi if qi is not None else qt
+        if vector.shape[0] != v.dim:
+            raise ApiError(409, "target", f"archive dim {v.dim} != model dim {vector.shape[0]}")
+        base = Query(op="top_k", target=mreq.target, version=v.version, filter=mreq.scope)
+        stats = None
+        if req.kind == "composed":
+            (parts,), _ = await self._fan_out([dataclasses.replace(base, op="stats", qi=qi, qt=qt)])
+            stats = np.sum(parts, axis=0)  # [2, 1, 3]: image, text
+        threshold, calibration = mreq.threshold, None
+        if mreq.calibrate_top is not None:
+            from rsir.retrieval.monitors import calibrate
+
+            scores = await self._scope_scores(base, mreq, qi, qt, req.lam, stats)
+            try:
+                threshold, calibration = calibrate(scores, mreq.calibrate_top)
+            except ValueError as err:
+                raise ApiError(422, "scope", str(err)) from None
+        try:
+            m = store.create(
+                name=mreq.name, target=mreq.target, definition=mreq.definition, vector=vector,
+                text_vector=qt if req.kind == "composed" else None,
+                lam=req.lam if req.kind == "composed" else None,
+                stats=None if stats is None else stats.reshape(-1).tolist(),
+                threshold=threshold, calibration=calibration, scope=scope_json(mreq),
+                archive_version=v.version, webhook=mreq.webhook, paused=mreq.paused)
+        except KeyError as err:
+            raise ApiError(409, "name", str(err).strip("'\"")) from None
+        return monitor_json(m)
+
+    async def _scope_scores(self, base: Query, mreq: Any, qi: Any, qt: Any, lam: float,
+                            stats: Any) -> np.ndarray:
+        """The query's best ``calibrate.top`` scores among the archive rows in its scope
+        (a polygon scope: the box's rows, then the polygon on their footprints)."""
+        top = mreq.calibrate_top
+        k = min(top * (4 if mreq.polygon_wkb is not None else 1), self.archives[mreq.target].rows)
+        if mreq.query.kind == "composed":
+            q = dataclasses.replace(base, op="composed", k=k, qi=qi, qt=qt, lam=lam, stats=stats)
+        else:
+            q = dataclasses.replace(base, k=k, q=qi if qi is not None else qt)
+        (answers,), missing = await self._fan_out([q])
+        if missing:
+            raise ApiError(503, "shards", f"shards {missing} did not answer; calibrate again shortly")
+        scores, hits, _ = merge_hits(answers, k)
+        if mreq.polygon_wkb is not None:
+            import shapely
+            from shapely.geometry import shape
+
+            poly = shapely.from_wkb(mreq.polygon_wkb)
+            scores = [s for s, h in zip(scores, hits) if h.get("footprint") and poly.intersects(shape(h["footprint"]))]
+        return np.asarray(scores[:top], dtype=np.float32)
+
+    @api.post("/v1/monitors")
+    async def create_monitor(self, request: Request) -> Response:
+        """A standing query: ``name``, ``query`` (any search query), ``target``, ``scope``
+        (bbox or GeoJSON polygon, datetime), ``threshold`` or ``calibrate: {top: N}``,
+        optional ``webhook`` and ``paused``. 201 with the stored monitor."""
+        async def run() -> dict[str, Any]:
+            return await self._create_monitor(await self._json(request))
+        response = await self._guard(request, run)
+        if response.status_code == 200:
+            response.status_code = 201
+        return response
+
+    @api.get("/v1/monitors")
+    async def list_monitors(self, request: Request) -> Response:
+        async def run() -> dict[str, Any]:
+            return {"monitors": [monitor_json(m) for m in self._store().list()]}
+        return await self._guard(request, run)
+
+    def _monitor(self, name: str) -> Any:
+        try:
+            return self._store().get(name)
+        except KeyError:
+            raise ApiError(404, "name", f"no monitor {name!r}") from None
+
+    @api.get("/v1/monitors/{name}")
+    async def get_monitor(self, name: str, request: Request) -> Response:
+        async def run() -> dict[str, Any]:
+            m = self._monitor(name)
+            out = monitor_json(m, self.monitors.delivery_status(name))
+            out["latest_alerts"] = self.monitors.alerts(name, limit=10)
+            for a in out["latest_alerts"]:
+                a.pop("footprint", None)
+            return out
+        return await self._guard(request, run)
+
+    @api.patch("/v1/monitors/{name}")
+    async def update_monitor(self, name: str, request: Request) -> Response:
+        """``{"paused": true|false}``."""
+        async def run() -> dict[str, Any]:
+            body = await self._json(request)
+            if not isinstance(body, dict) or set(body) != {"paused"} or not isinstance(body["paused"], bool):
+                raise ApiError(422, "paused", "the body is {\"paused\": true|false}")
+            self._monitor(name)
+            return monitor_json(self.monitors.set_paused(name, body["paused"]))
+        return await self._guard(request, run)
+
+    @api.delete("/v1/monitors/{name}")
+    async def delete_monitor(self, name: str, request: Request) -> Response:
+        async def run() -> dict[str, Any]:
+            self._monitor(name)
+            self.monitors.delete(name)
+            return {"deleted": name}
+        return await self._guard(request, run)
+
+    @api.get("/v1/alerts")
+    async def list_alerts(self, request: Request) -> Response:
+        """Alerts, newest first: ``monitor``, ``since`` / ``until`` (RFC 3339 or epoch
+        seconds), ``limit``; ``Accept: application/geo+json`` (or ``format=geojson``) for
+        a GeoJSON feed."""
+        async def run() -> dict[str, Any]:
+            store, qp = self._store(), request.query_params
+            if qp.get("monitor") is not None:
+                self._monitor(qp["monitor"])
+            bounds = {k: _instant(qp[k], k) for k in ("since", "until") if qp.get(k)}
+            limit = qp.get("limit", "1000")
+            if not limit.isdigit() or not 1 <= int(limit) <= 10000:
+                raise ApiError(422, "limit", "an integer in [1, 10000]")
+            return {"alerts": store.alerts(qp.get("monitor"), limit=int(limit), **bounds)}
+        try:
+            self._auth(request)
+            out = await run()
+        except ApiError as err:
+            return _error(err)
+        if GEOJSON in request.headers.get("accept", "") or request.query_params.get("format") == "geojson":
+            return JSONResponse(alerts_feature_collection(out["alerts"]), media_type=GEOJSON)
+        for a in out["alerts"]:
+            a.pop("footprint", None)
+        return JSONResponse(out)
+
+
+def _instant(value: str, field: str) -> float:
+    """Epoch seconds from an RFC 3339 date-time or a number."""
+    from rsir.retrieval.filters import FilterError, parse_datetime
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return parse_datetime(value, field) / 1e6
+    except FilterError as err:
+        raise ApiError(422, field, err.message) from None
