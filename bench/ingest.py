@@ -4,9 +4,11 @@ Both read the same demo-world shards and run the same preprocessing
 (``rsir.data.transforms.preprocess_rows``: PNG decode, training augmentations, resize,
 normalisation, caption sampling):
 
-* ``ray``: ``rsir.data.pipeline.training_dataset`` (per shard, one task that reads it,
-  filters the split and preprocesses it), iterated with ``iter_batches`` as a train worker
-  does (batch size, ``drop_last``, prefetch and local shuffle buffer of ``rsir.train.loop``);
+* ``ray``: ``rsir.data.pipeline.training_dataset`` (the split read, one row per caption,
+  a global random shuffle, then one preprocessing task per shuffled block), iterated with
+  ``iter_batches`` as a train worker does (batch size, ``drop_last`` and prefetch of
+  ``rsir.train.loop``); it is run with ``data.captions: one_random`` so both loops
+  preprocess one row per image;
 * ``plain``: one process, ``pq.ParquetFile(...).iter_batches`` shard by shard, the split
   filter, then the preprocessing inline.
 
@@ -18,7 +20,8 @@ every 0.1 s: RSS of the driver and, for Ray, the summed RSS of its worker proces
 (RSS - shared: heap and stacks). RSS also counts the shared-memory object-store pages a
 process has touched, once per process that maps them, which grows with use until the
 store's arena is warm. Both loops run on an archive of N rows and of ``--scale`` x N
-rows: a streaming pipeline's peak memory does not grow with the archive.
+rows (the global shuffle holds the split's encoded rows in the object store, spilled to
+disk beyond it; the tensors are still made block by block after it).
 
     PYTHONPATH=platform python bench/ingest.py                  # 2,000 and 8,000 scenes at 64 px
     PYTHONPATH=platform python bench/ingest.py --rows 10000     # 10,000 and 40,000
@@ -114,8 +117,7 @@ def ray_pass(ds, cfg) -> int:
     """One epoch of the training dataset, consumed as ``rsir.train.loop`` consumes it."""
     n = 0
     for batch in ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", drop_last=True,
-                                 prefetch_batches=cfg.prefetch_batches,
-                                 local_shuffle_buffer_size=4 * cfg.batch_size):
+                                 prefetch_batches=cfg.prefetch_batches):
         n += len(batch["id"])
     return n
 
@@ -180,7 +182,7 @@ def data_config(args: argparse.Namespace, shards: str):
 
     return DataConfig(shards=shards, task=args.task, image_size=args.image_size,
                       batch_size=args.batch_size, random_crop_scale=0.9, hflip=True, vflip=True,
-                      color_jitter=0.1)
+                      color_jitter=0.1, captions="one_random")
 
 
 def measure_one(args: argparse.Namespace) -> dict[str, Any]:

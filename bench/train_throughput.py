@@ -47,7 +47,8 @@ def recipe(args: argparse.Namespace, shards: Path, workers: int, cores: int):
         f"train.precision={args.precision}", "train.max_failures=0",
         f"train.torch_threads={max(1, cores // workers)}",
         f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={args.cpus_per_worker}",
-        "optim.schedule=constant",
+        # one caption per scene per epoch, as the plain loop draws it: the same rows per epoch
+        "optim.schedule=constant", "data.captions=one_random",
     ]
     if args.model_name:
         overrides += [f"model.image_tower.options.model_name={args.model_name}",

@@ -129,3 +129,18 @@ def test_train_select_defaults_to_last_and_best_val_is_refused_on_an_evaluated_s
         load_config(REPO / "configs" / "demo.yaml", ["train.select=best"])
     with pytest.raises(ConfigError, match=r"data.captions: expected one of \['all', 'one_random'\]"):
         load_config(REPO / "configs" / "demo.yaml", ["data.captions=every"])
+
+
+@pytest.mark.parametrize("recipe, captions", [
+    # the time-series paper (IV-B) and GaLR's code (one sample per caption) train on every caption
+    ("levircc_tff", "all"), ("levircc_gff_sub", "all"), ("dubaiccd_gff_concat", "all"),
+    ("rsitmd_galr", "all"), ("demo", "all"),
+    # the multilanguage paper draws one of an image's sentences (IV-B)
+    ("rsicd_multilingual", "one_random"), ("rsitmd_multilingual", "one_random"),
+    ("ucm_multilingual", "one_random"),
+])
+def test_training_rows_per_caption_follow_each_paper(recipe, captions, tmp_path):
+    overrides = []
+    if load_yaml(REPO / "configs" / f"{recipe}.yaml").get("data", {}).get("normalization") == "archive":
+        overrides = ["data.normalization=recipe"]  # no converted archive here
+    assert load_config(REPO / "configs" / f"{recipe}.yaml", overrides).data.captions == captions

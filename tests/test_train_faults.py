@@ -135,6 +135,8 @@ def _scenario_kill(world: Path, run_dir: Path, nodes: list) -> dict:
     so the two ranks must be on two different nodes, and the third node's CPU runs Ray
     Data. (rsir's ScalingConfig has no placement strategy: with Ray's default PACK, 0.5-CPU
     workers would share a node; with only 2 nodes x 1 CPU Ray Data gets no CPU.)"""
+    import torch
+
     from rsir.train.trainer import fit
 
     cfg = _cfg(world, f"train.epochs={KILL_EPOCHS}", "train.max_failures=1",
@@ -158,7 +160,8 @@ def _scenario_kill(world: Path, run_dir: Path, nodes: list) -> dict:
     result = fit(cfg, run_dir)
     watcher.join(timeout=5)
     return {"killed": killed, "history_epochs": [h["epoch"] for h in result.history],
-            "best": str(result.checkpoint) if result.checkpoint else None,
+            "model": {"path": str(result.checkpoint),
+                      "epoch": torch.load(result.checkpoint, weights_only=True)["epoch"]},
             "nodes": [n.node_id for n in nodes],
             "ranks": {r: _starts(run_dir, r)[0]["node_id"] for r in (0, 1)}}
 
@@ -172,7 +175,12 @@ def _scenario_resume(world: Path, run_dir: Path, nodes: list) -> dict:
     ckpt0 = run_dir / "checkpoint_epoch_0000" / "checkpoint.pt"
     mtime0 = ckpt0.stat().st_mtime_ns if ckpt0.exists() else None
     second = fit(_cfg(world, "train.epochs=2", *base), run_dir)
+    import torch
+
+    selected = {"path": str(second.checkpoint),
+                "epoch": torch.load(second.checkpoint, weights_only=True)["epoch"]}
     return {"first": first.history, "second": second.history, "ckpt0_mtime": mtime0,
+            "selected": selected,
             "ckpt0_mtime_after": ckpt0.stat().st_mtime_ns if ckpt0.exists() else None,
             "checkpoints": sorted(p.name for p in run_dir.glob("checkpoint_epoch_*"))}
 
@@ -201,7 +209,7 @@ def test_two_nodes_and_a_killed_worker_resumes_from_last_checkpoint(scenarios):
     # Completed, each epoch once.
     assert out["history_epochs"] == list(range(KILL_EPOCHS))
     assert _epochs(run_dir) == list(range(KILL_EPOCHS))
-    assert out["best"] is not None
+    assert out["model"] == {"path": str(run_dir / "last.pt"), "epoch": KILL_EPOCHS - 1}
     # Rank 1 started twice: fresh, then after the group restart, from a checkpoint.
     s1 = _starts(run_dir, 1)
     assert len(s1) == 2 and s1[0]["start_epoch"] == 0 and s1[0]["pid"] == killed["pid"]
@@ -225,8 +233,10 @@ def test_fit_again_continues_epoch_count(scenarios):
         assert [s["start_epoch"] for s in _starts(run_dir, rank)] == [0, 1]
     assert out["ckpt0_mtime"] is not None
     assert out["ckpt0_mtime_after"] in (None, out["ckpt0_mtime"])  # aged out or untouched
-    # keep_checkpoints=2 keeps the 2 best by val_mR, and Ray always keeps the newest too.
+    # keep_checkpoints=2 keeps the 2 newest, to resume from.
     assert out["checkpoints"] == ["checkpoint_epoch_0000", "checkpoint_epoch_0001"]
+    # the model the run hands on (train.select: last) is epoch 1's, rewritten by the resumed fit
+    assert out["selected"] == {"path": str(run_dir / "last.pt"), "epoch": 1}
 
 
 SCENARIOS = {"kill": _scenario_kill, "resume": _scenario_resume}

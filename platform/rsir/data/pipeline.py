@@ -1,8 +1,10 @@
 """Ray Data glue: stream shards, filter, and preprocess with the library's one function.
 
 Reads are lazy and streamed: memory stays bounded by the blocks in flight, not by the
-archive size. Preprocessing runs in ``map_batches`` tasks beside the training workers;
-the rows it drops (corrupt images, bad rows) are tallied by a :class:`DropCounter`.
+archive size, except in training, whose global shuffle holds the training split's encoded
+rows (one per caption) in the object store (spilled to disk beyond it). Preprocessing runs
+in ``map_batches`` tasks beside the training workers; the rows it drops (corrupt images,
+bad rows) are tallied by a :class:`DropCounter`.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ def training_dataset(cfg: DataConfig, contract: InputContract, seed: int = 0,
 
     The shuffle is a uniform permutation of the whole split, a new one each time the dataset
     is executed (each epoch), seeded by ``seed`` and the execution count (Ray Data's
-    ``RandomSeedConfig(reseed_after_execution=True)``). A local buffer over shards read in
+    ``RandomSeedConfig(reseed_after_execution=True)``; the count starts again when a
+    run resumes, so a resumed run replays the first epochs' orders). A local buffer over shards read in
     file order could not mix a split that is sorted (LEVIR-CC's ends in hundreds of
     consecutive no-change pairs); the cost is a barrier: the first batch waits for the
     whole split's reads (its encoded bytes, not its tensors: preprocessing comes after).
