@@ -282,7 +282,7 @@ class Ingress:
                     "shards": len(self.shards),
                     "swaps": self.swaps, "auth": self.api_key is not None,
                     "weicom_lambda": self.default_lambda,
-                    "thumbnails": self.thumbs is not None}
+                    "thumbnails": self.thumbs is not None, "tile_url": self.cfg.tile_url}
         return await self._guard(request, run)
 
     @api.post("/v1/search")
