@@ -249,3 +249,31 @@ def test_weicom_over_shards_equals_weicom_over_the_archive():
 
 def test_empty_filter_is_empty():
     assert SearchFilter().empty and not parse_filter({"changed": False}).empty
+
+
+def test_index_metadata_round_trip_through_ray_block_columns():
+    """rsir index carries each row's geography through Ray Data blocks as plain columns
+    (rsir.inference.encode_metadata) and back to archive values; as Ray hands timestamps
+    over (numpy datetime64, NaT for none) and as Arrow does (aware datetimes)."""
+    from rsir.inference import ROW_METADATA, decode_metadata, encode_metadata
+
+    t = datetime(2021, 6, 1, 10, 30, tzinfo=UTC)
+    batch = {
+        "bbox": np.array([np.array([1.0, 2.0, 3.0, 4.0]), None], dtype=object),
+        "footprint": np.array([b"\x01wkb", None], dtype=object),
+        "class_name": np.array(["urban", None], dtype=object),
+        "sensor": np.array([None, "landsat-8"], dtype=object),
+        "acquired": np.array([np.datetime64("2021-06-01T10:30:00", "us"), np.datetime64("NaT")]),
+        "acquired_t2": np.array([None, t + timedelta(days=400)], dtype=object),
+    }
+    encoded = encode_metadata(batch, [1, 0, 0])  # rows re-ordered and repeated, as owners are
+    assert encoded["bbox"].dtype == np.float64 and encoded["acquired"].dtype == np.int64
+    out = decode_metadata(encoded)
+    assert set(out) == set(ROW_METADATA)
+    assert out["bbox"] == [None, [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]]
+    assert out["footprint"] == [None, b"\x01wkb", b"\x01wkb"]
+    assert out["class_name"] == [None, "urban", "urban"] and out["sensor"] == ["landsat-8", None, None]
+    assert out["acquired"] == [None, t, t]
+    assert out["acquired_t2"] == [t + timedelta(days=400), None, None]
+    # a shard batch without the geography columns (old shards): all none
+    assert decode_metadata(encode_metadata({}, [0, 1]))["bbox"] == [None, None]

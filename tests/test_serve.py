@@ -47,7 +47,9 @@ def server(ray_session, tmp_path_factory):
 
     fx = make_fixture(tmp_path_factory.mktemp("serve"), n_scenes=16, n_pairs=8)
     (port,) = free_ports(1)
-    cfg_dict = serve_config_dict(fx, port)
+    # A base map from a tile server that is not there (port 9): the page still draws, the
+    # tile URLs it asks for are checked.
+    cfg_dict = serve_config_dict(fx, port, tile_url="http://127.0.0.1:9/{z}/{x}/{y}.png")
     cfg_dict["monitors"] = {"store": str(tmp_path_factory.mktemp("serve_state") / "monitors.db"),
                             "deliver_interval_s": 0.2}
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -491,7 +493,7 @@ def test_generated_requests_never_5xx(server):
 
 
 def test_hot_swap_under_traffic(server):
-    from rsir.retrieval.archive import current_version, publish_archive
+    from rsir.retrieval.archive import current_version, load_archive, publish_archive
     from rsir.serve.fixture import random_unit
 
     fx, s, url = server["fx"], requests.Session(), server["url"]
@@ -518,7 +520,9 @@ def test_hot_swap_under_traffic(server):
     time.sleep(0.5)
     ids = [r["id"] for r in fx["scenes"]] + ["scene-new"]
     vecs = np.concatenate([fx["vectors"]["images"], random_unit(1, 128)])
-    new = publish_archive(root, ids, vecs, {"model": "dual_encoder", "kind": "image"})
+    # the rows keep their geography; the new one has none
+    meta = {k: v + [None] for k, v in load_archive(root).metadata.items()}
+    new = publish_archive(root, ids, vecs, {"model": "dual_encoder", "kind": "image"}, meta)
     deadline = time.time() + 15
     while time.time() < deadline and (not versions or versions[-1] != new):
         time.sleep(0.1)
@@ -569,6 +573,161 @@ def test_search_page_in_chromium(server, tmp_path):
     subprocess.run(common + [f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}", page],
                    capture_output=True, timeout=60)
     assert shot.is_file() and shot.stat().st_size > 1000
+
+
+class _Chromium:
+    """Headless Chromium driven over the DevTools protocol (websockets): real mouse
+    events, script evaluation and screenshots."""
+
+    def __init__(self, exe: str, profile: Path) -> None:
+        from websockets.sync.client import connect
+
+        from rsir.serve.fixture import free_ports
+
+        (port,) = free_ports(1)
+        self.proc = subprocess.Popen(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-quic", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1280,900",
+             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline, target = time.time() + 60, None
+        while time.time() < deadline and target is None:
+            try:
+                pages = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
+                target = next((p for p in pages if p.get("type") == "page"), None)
+            except requests.RequestException:
+                time.sleep(0.3)
+        assert target, "chromium's DevTools endpoint never came up"
+        self.ws = connect(target["webSocketDebuggerUrl"], max_size=2**26, open_timeout=30)
+        self.n = 0
+
+    def call(self, method: str, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.n:
+                assert "error" not in msg, (method, msg["error"])
+                return msg["result"]
+
+    def eval(self, expr: str):
+        out = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in out, out["exceptionDetails"]
+        return out["result"].get("value")
+
+    def wait(self, expr: str, timeout: float = 30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = self.eval(expr)
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"never true in the page: {expr}")
+
+    def mouse(self, kind: str, x: float, y: float, buttons: int = 0) -> None:
+        self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left" if buttons
+                  or kind != "mouseMoved" else "none", buttons=buttons, clickCount=1)
+
+    def center(self, selector: str) -> tuple[float, float]:
+        r = self.eval(f"(() => {{ const b = document.querySelector({json.dumps(selector)})"
+                      ".getBoundingClientRect(); return [b.x + b.width / 2, b.y + b.height / 2]; })()")
+        return r[0], r[1]
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def _tile(lon: float, lat: float, z: int) -> tuple[int, int]:
+    """The OSM slippy-map tile holding a point (the formula of the OSM wiki)."""
+    import math
+
+    n = 2 ** z
+    r = math.radians(lat)
+    return int((lon + 180) / 360 * n), int((1 - math.asinh(math.tan(r)) / math.pi) / 2 * n)
+
+
+def test_map_page_in_chromium(server, tmp_path):
+    """Footprints drawn beside the thumbnails, hover highlights one, a date range and a
+    box drawn with the mouse filter the search (each equal to the API's filtered answer);
+    screenshot in test-artifacts/search_map.png."""
+    exe = _chromium()
+    if exe is None:
+        why = "no chromium on PATH (apt-get install -y chromium) to drive the search page"
+        if os.environ.get("RSIR_REQUIRE_BROWSER"):
+            pytest.fail(why + "; RSIR_REQUIRE_BROWSER is set")
+        pytest.skip(why)
+    text = server["fx"]["texts"][2]
+    b = _Chromium(exe, tmp_path / "profile-map")
+    try:
+        b.call("Page.navigate", url=server["url"] + "/?q=" + requests.utils.quote(text))
+        n = b.wait("document.querySelectorAll('.result').length")
+        want = post(server, {"kind": "text", "text": text, "k": 12}).json()
+        assert b.eval("[...document.querySelectorAll('.result')].map(d => d.dataset.id)") == want["ids"]
+        with_fp = sum(r["footprint"] is not None for r in want["results"])  # not scene-new
+        assert n == 12 and b.eval("document.querySelectorAll('#map polygon.fp').length") == with_fp >= 11
+        assert b.eval("document.querySelectorAll('#map line.grat').length") >= 4
+        labels = b.eval("[...document.querySelectorAll('#map .glabel')].map(t => t.textContent)")
+        assert any(lab.startswith("10.") for lab in labels) and any(lab.startswith("45.") for lab in labels)
+        # every footprint lies inside the map, drawn where its corners project
+        rects = b.eval("[...document.querySelectorAll('#map polygon.fp')].map(p => { const r = "
+                       "p.getBBox(); return [r.x, r.y, r.width, r.height]; })")
+        assert all(0 <= x and 0 <= y and x + w <= 520 and y + h <= 400 and w > 5 for x, y, w, h in rects)
+        # the base map's tiles: the tile under the first footprint's centre is asked for
+        hrefs = b.eval("[...document.querySelectorAll('#map image.tile')].map(i => i.getAttribute('href'))")
+        z = int(hrefs[0].split("/")[3])
+        bb = want["results"][0]["bbox"]
+        tx, ty = _tile((bb[0] + bb[2]) / 2, (bb[1] + bb[3]) / 2, z)
+        assert f"http://127.0.0.1:9/{z}/{tx}/{ty}.png" in hrefs
+        # hover a result card: its footprint (only) is highlighted
+        first = want["ids"][3]
+        b.mouse("mouseMoved", *b.center(f".result[data-id='{first}']"))
+        b.wait(f"document.querySelector(\"#map polygon.fp[data-id='{first}']\").classList.contains('hl')")
+        assert b.eval("document.querySelectorAll('#map polygon.fp.hl').length") == 1
+        # a date range: the page's results are the API's with the same interval
+        b.eval("$('from').value = '2019-03-01'; $('to').value = '2019-09-30';"
+               "$('to').dispatchEvent(new Event('change')); true")
+        f = {"datetime": "2019-03-01T00:00:00Z/2019-09-30T23:59:59Z"}
+        dated = post(server, {"kind": "text", "text": text, "k": 12, "filter": f}).json()["ids"]
+        assert 0 < len(dated) < 12
+        b.wait("[...document.querySelectorAll('.result')].map(d => d.dataset.id).join() == "
+               + json.dumps(",".join(dated)))
+        # clear it, then draw a box over the map's middle with the mouse
+        b.eval("$('from').value = ''; $('to').value = ''; $('clearfilter').click(); true")
+        b.wait("document.querySelectorAll('.result').length == 12")
+        b.mouse("mousePressed", *b.center("#draw"), buttons=1)
+        b.mouse("mouseReleased", *b.center("#draw"))
+        x0, y0 = b.eval("(() => { const r = $('map').getBoundingClientRect(); return [r.x, r.y]; })()")
+        view = b.eval("view")
+        b.mouse("mousePressed", x0 + 150, y0 + 120, buttons=1)
+        b.mouse("mouseMoved", x0 + 300, y0 + 220, buttons=1)
+        b.mouse("mouseReleased", x0 + 370, y0 + 280)
+        b.wait("filterBox && document.querySelector('#filterbox')")
+        box = b.eval("currentFilter().bbox")
+        boxed = post(server, {"kind": "text", "text": text, "k": 12, "filter": {"bbox": box}}).json()
+        assert 0 < len(boxed["ids"]) < 12, box
+        b.wait("[...document.querySelectorAll('.result')].map(d => d.dataset.id).join() == "
+               + json.dumps(",".join(boxed["ids"])))
+        # the box is where the mouse went: its pixel corners back through Web Mercator
+        import math
+
+        def lonlat(px, py):
+            mx, my = view["x0"] + px / view["s"], view["y0"] + py / view["s"]
+            return mx * 360 - 180, math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * my))))
+
+        (w, n), (e, s_) = lonlat(150, 120), lonlat(370, 280)
+        np.testing.assert_allclose(box, [w, s_, e, n], atol=2e-6)
+        b.mouse("mouseMoved", *b.center(f".result[data-id='{boxed['ids'][0]}']"))
+        b.wait("document.querySelectorAll('#map polygon.fp.hl').length == 1")
+        out = REPO / "test-artifacts"
+        out.mkdir(exist_ok=True)
+        shot = out / "search_map.png"
+        shot.write_bytes(base64.b64decode(b.call("Page.captureScreenshot", format="png")["data"]))
+        assert shot.stat().st_size > 10_000
+    finally:
+        b.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -696,3 +855,41 @@ def server_scored(server, version: str) -> bool:
     from rsir.monitor.store import MonitorStore
 
     return MonitorStore(server["cfg"]["monitors"]["store"]).last_scored("pairs") == version
+
+
+# ---------------------------------------------------------------------------------------
+# A search shard's replica dies: Serve restarts it, the others keep answering
+# ---------------------------------------------------------------------------------------
+
+
+def test_dead_shard_is_named_then_restarted(server):
+    import ray
+
+    fx = server["fx"]
+    body = {"kind": "text", "text": fx["texts"][0], "target": "captions", "k": 50}
+    full = post(server, body).json()
+    assert full["missing_shards"] == [] and len(full["ids"]) == 50
+    n_captions = len(fx["texts"])
+    first_half = {f"{i}" for i in range((n_captions + 1) // 2)}  # shard 0's rows: 0 .. n/2
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if "SearchShard1" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
+    assert len(replicas) == 1, replicas
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]),
+             no_restart=True)
+    # The next response names shard 1 and holds shard 0's results: no failure, no silence.
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    gap = r.json()
+    assert gap["missing_shards"] == [1]
+    assert gap["ids"] and all(i.split("#")[1] in first_half for i in gap["ids"])
+    # shard 0's members of the complete top-50 are its own best rows, in that order
+    kept = [i for i in full["ids"] if i.split("#")[1] in first_half]
+    assert len(kept) < 50 and gap["ids"][: len(kept)] == kept and len(gap["ids"]) == 50
+    # Serve starts another replica; responses are complete again, and equal to before.
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        out = post(server, body).json()
+        if out["missing_shards"] == []:
+            break
+        time.sleep(0.5)
+    assert out["missing_shards"] == [] and out["ids"] == full["ids"]

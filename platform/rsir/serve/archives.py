@@ -122,8 +122,8 @@ class VersionIndex:
     ``CURRENT``; a new version is served once every shard reports holding it
     (:meth:`ready`), so a swap never sends a request to a shard still loading."""
 
-    def __init__(self, roots: dict[str, str], shards: int) -> None:
-        self.roots, self.shards = roots, shards
+    def __init__(self, roots: dict[str, str]) -> None:
+        self.roots = roots
         self.serving: dict[str, Version] = {}
         self.pending: dict[str, Version] = {}
         self.swaps = 0

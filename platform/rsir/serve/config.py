@@ -143,6 +143,10 @@ class ServeConfig:
     # no restart. When the file exists and is not empty it wins over api_key / api_key_env.
     api_key_file: str | None = None
     poll_interval_s: float = 1.0
+    # A base map for the search page, as an XYZ tile URL template
+    # (``https://tile.openstreetmap.org/{z}/{x}/{y}.png``); none: footprints over a
+    # lon/lat graticule only (a cluster with no way out to a tile server).
+    tile_url: str | None = None
     default_k: int = 10
     image_encoder: EncoderConfig = field(default_factory=EncoderConfig)
     text_encoder: EncoderConfig = field(default_factory=EncoderConfig)

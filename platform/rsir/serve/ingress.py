@@ -1,7 +1,8 @@
-"""The FastAPI ingress: validates requests, asks the encoders for query vectors, scores
-the archives it holds (hot-swapped by a poller) and serves the page and thumbnails.
-Text searches are batched end to end: one encoder call (one forward) for the batch's
-texts, then one matrix product per archive version."""
+"""The FastAPI ingress: validates requests, asks the encoders for query vectors, sends
+them to every search shard and merges the shards' top-k (it holds no vectors; the served
+version of each archive is swapped by a poller once every shard holds it), and serves
+the page, thumbnails and GeoJSON. Text searches are batched end to end: one encoder call
+(one forward) for the batch's texts, then one fan-out of the batch to the shards."""
 
 import asyncio
 import dataclasses
@@ -43,7 +44,8 @@ def _error(err: ApiError) -> JSONResponse:
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    """Validates requests, asks the encoders for query vectors, scores the archives."""
+    """Validates requests, asks the encoders for query vectors, fans them out to the
+    search shards (``shards``: their handles, shard i holding block i of every archive)."""
 
     def __init__(self, cfg: dict[str, Any], recipe: dict[str, Any], image_encoder: Any,
                  text_encoder: Any, *shards: Any) -> None:
@@ -59,7 +61,7 @@ class Ingress:
         self.api_key = self.static_key
         self.roots = {t: r for t, r in dataclasses.asdict(self.cfg.archives).items() if r}
         self.shards = list(shards)
-        self.index = VersionIndex(self.roots, len(self.shards))
+        self.index = VersionIndex(self.roots)
         self.text_top_k = Batcher(self._text_batch, self.cfg.ingress.max_batch_size)
         self.top_k = Batcher(self._top_k_batch, self.cfg.ingress.max_batch_size)
         self.monitors = None
@@ -322,7 +324,7 @@ class Ingress:
                     "shards": len(self.shards),
                     "swaps": self.swaps, "auth": self.api_key is not None,
                     "weicom_lambda": self.default_lambda,
-                    "thumbnails": self.thumbs is not None}
+                    "thumbnails": self.thumbs is not None, "tile_url": self.cfg.tile_url}
         return await self._guard(request, run)
 
     @api.post("/v1/search")
