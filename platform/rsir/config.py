@@ -188,6 +188,10 @@ class EvalConfig:
     # WEICOM's λ (text weight) of this recipe: the report's headline and serving's default
     # for a composed query without "lambda" (the paper: 0.3 with CLIP, 0.6 with RemoteCLIP).
     weicom_lambda: float = 0.5
+    # Single images of the demo world: text -> image precision@10 of the class and of the
+    # colour for every (scene class, object colour) its vocabulary describes (the report's
+    # query check; rows need class_name and the color attribute).
+    query_check: bool = False
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,11 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | None, out: Path) -> dict[str, 
         report["composed"] = rep.composed_section(
             emb.ids, meta["class_name"], meta["attributes"], emb.visual,
             lambda ts: embed_texts(model, ts), cfg.eval.weicom_lambda)
+        if cfg.eval.query_check:
+            report["query_check"] = _query_check(cfg, meta, emb.visual, model, main_lang)
+    if cfg.eval.query_check and "query_check" not in report:
+        report["skipped"]["query_check"] = ("single images with class_name and attributes only "
+                                            f"(task {cfg.data.task})")
     if not len(texts):
         report["skipped"]["gallery_captions"] = NO_CAPTIONS + " (the gallery shows composed queries only)"
         report["skipped"]["embedding_map_captions"] = NO_CAPTIONS + " (the map shows images only)"
@@ -144,6 +149,21 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | None, out: Path) -> dict[str, 
     rep.write_report(report, out, gallery, plot_paths)
     save_config(cfg, out / "config.yaml")
     return report
+
+
+def _query_check(cfg: RecipeConfig, meta: dict[str, list[Any]], visual: np.ndarray, model: Any,
+                 main_lang: str) -> dict[str, Any]:
+    """The demo world's (class × colour) queries in the recipe's languages that its lexicon
+    has (the training language first) against the embedded split."""
+    from rsir import report as rep
+    from rsir.data.demo_lexicon import LANGS
+    from rsir.data.demo_world import vocabulary_queries
+    from rsir.retrieval.embed import embed_texts
+
+    langs = [lg for lg in dict.fromkeys([main_lang, *cfg.data.languages]) if lg in LANGS]
+    return rep.query_check_section(visual, meta["class_name"], meta["attributes"],
+                                   {lg: vocabulary_queries(lg) for lg in langs},
+                                   lambda ts: embed_texts(model, ts))
 
 
 def model_description(cfg: RecipeConfig) -> str:

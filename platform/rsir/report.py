@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rsir.metrics.retrieval import chance_recall, cross_modal_recall
+from rsir.metrics.retrieval import chance_recall, cross_modal_recall, ranking_metrics
 from rsir.retrieval.composed import (
     DEFAULT_LAMBDAS,
     PATTERNCOM_CLASS_MAPPING,
@@ -102,6 +102,65 @@ def composed_examples(
     return out
 
 
+def query_check_section(
+    visual: np.ndarray, classes: Sequence[str], attributes: Sequence[dict[str, str]],
+    queries: dict[str, Sequence[dict[str, str]]], encode_texts: Callable[[list[str]], np.ndarray],
+    k: int = 10,
+) -> dict[str, Any]:
+    """Text → image precision@k of the class and of the colour, for every (class, colour)
+    of ``queries`` (per language: ``[{class_name, color, text}]``, several texts per pair).
+
+    A result counts for the class when its ``class_name`` is the query's, for the colour
+    when its ``color`` attribute is (whatever its class). Per (class, colour): the mean
+    over its texts; ``class_P@k`` / ``color_P@k``: the mean over the pairs (fractions)."""
+    classes = np.asarray(classes)
+    colors = np.array([a.get("color", "") for a in attributes])
+    out: dict[str, Any] = {"k": k, "n_images": len(classes), "languages": {}}
+    for lang, qs in queries.items():
+        scores = encode_texts([q["text"] for q in qs]) @ visual.T
+        p_class = ranking_metrics(scores, classes[None] == np.array([q["class_name"] for q in qs])[:, None],
+                                  ks=(k,))[f"P@{k}"]
+        p_color = ranking_metrics(scores, colors[None] == np.array([q["color"] for q in qs])[:, None],
+                                  ks=(k,))[f"P@{k}"]
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, q in enumerate(qs):
+            groups.setdefault((q["class_name"], q["color"]), []).append(i)
+        rows = [{"class_name": c, "color": col, "queries": [qs[i]["text"] for i in idx],
+                 "n_relevant": {"class": int((classes == c).sum()), "color": int((colors == col).sum())},
+                 f"class_P@{k}": float(p_class[idx].mean()), f"color_P@{k}": float(p_color[idx].mean())}
+                for (c, col), idx in groups.items()]
+        out["languages"][lang] = {
+            "rows": rows,
+            f"class_P@{k}": float(np.mean([r[f"class_P@{k}"] for r in rows])),
+            f"color_P@{k}": float(np.mean([r[f"color_P@{k}"] for r in rows])),
+            f"min_class_P@{k}": float(min(r[f"class_P@{k}"] for r in rows)),
+            f"min_color_P@{k}": float(min(r[f"color_P@{k}"] for r in rows)),
+        }
+    return out
+
+
+def _query_check_rows(check: dict[str, Any]) -> list[str]:
+    k = check["k"]
+    lang, head = next(iter(check["languages"].items()))
+    lines = [f"## Query check: (scene class × object colour) → image, precision@{k}", "",
+             f"Text queries in {lang} ({check['n_images']} held-out images); a result counts for the "
+             "class when it is of the query's class, for the colour when its objects have the "
+             "query's colour. Each row: the mean over its queries.", "",
+             f"| class | colour | class P@{k} | colour P@{k} | queries |", "|---|---|---|---|---|"]
+    for r in head["rows"]:
+        texts = "; ".join(f"“{t}”" for t in r["queries"])
+        lines.append(f"| {r['class_name']} | {r['color']} | {r[f'class_P@{k}']:.2f} | "
+                     f"{r[f'color_P@{k}']:.2f} | {html.escape(texts)} |")
+    lines.append(f"| **mean** | | **{head[f'class_P@{k}']:.2f}** | **{head[f'color_P@{k}']:.2f}** | |")
+    if len(check["languages"]) > 1:
+        lines += ["", "By query language (mean over the pairs; worst pair in brackets):", "",
+                  f"| language | class P@{k} | colour P@{k} |", "|---|---|---|"]
+        lines += [f"| {lg} | {v[f'class_P@{k}']:.2f} ({v[f'min_class_P@{k}']:.2f}) | "
+                  f"{v[f'color_P@{k}']:.2f} ({v[f'min_color_P@{k}']:.2f}) |"
+                  for lg, v in check["languages"].items()]
+    return lines
+
+
 def _recall_rows(report: dict[str, Any]) -> list[str]:
     rec = report["recall"]
     ks = list(rec["plain"]["i2t"])
@@ -177,6 +236,8 @@ def markdown(report: dict[str, Any]) -> str:
                              f"{m['meteor']:.3f} | {m['rougeL']:.3f} |")
     if "composed" in report:
         lines += [""] + _composed_rows(report["composed"])
+    if "query_check" in report:
+        lines += [""] + _query_check_rows(report["query_check"])
     if report.get("skipped"):
         lines += ["", "## Skipped", ""]
         lines += [f"- {name}: {why}" for name, why in report["skipped"].items()]

@@ -8,6 +8,13 @@ attributes PATTERNCOM forms composed queries from. Pairs add a second date with 
 five captions in each of English, Arabic, French and Italian (``rsir.data.demo_lexicon``)
 naming what a model must see to retrieve the row.
 
+Geography: the scenes are tiles of one mosaic in UTM zone 29N over the Tagus estuary
+(Lisbon) at 10 m a pixel, a Sentinel-2 grid (:data:`REGION`): single scenes fill rows of
+``REGION.columns`` tiles from the north-west corner, the pairs the block east of them. Each
+row has its WGS84 ``bbox`` and ``footprint`` (through the GeoTIFF converter's
+:func:`~rsir.data.converters.geotiff.window_footprint`), ``crs``, ``gsd_m``, a ``sensor``
+(Sentinel-2A or 2B) and ``acquired``; a pair's second date is one to four years later.
+
 Same seed, same world: every random draw comes from ``numpy.random.default_rng(seed)``
 spawned per row, so rows do not depend on how many were generated before them.
 """
@@ -19,6 +26,8 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +38,10 @@ from rsir.data import demo_lexicon as lex
 from rsir.data.schema import encode_image, make_row, write_shards
 
 log = logging.getLogger(__name__)
+
+# What the world's rows are: bump when a change alters them (a cached world is regenerated).
+# 2: geography (footprints, dates, sensor).
+WORLD_VERSION = 2
 
 # class -> (main object, colours it comes in, ground colour)
 CLASS_SPECS: dict[str, tuple[str, tuple[str, ...], tuple[int, int, int]]] = {
@@ -236,6 +249,81 @@ def render(scene: Scene, brightness: float = 1.0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# Geography
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Region:
+    """The mosaic the world's tiles are cut from: a north-up grid in ``crs`` whose
+    north-west corner is (``west``, ``north``) in metres, ``gsd_m`` metres a pixel."""
+
+    crs: str = "EPSG:32629"  # WGS 84 / UTM zone 29N
+    west: float = 460_000.0
+    north: float = 4_320_000.0
+    gsd_m: float = 10.0
+    columns: int = 60  # tiles per row of each block (single scenes; pairs east of them)
+    sensors: tuple[str, ...] = ("sentinel-2a", "sentinel-2b")
+
+
+REGION = Region()
+# Single scenes are acquired in [start, end); a pair's first date in [start, end) and its
+# second one to four years later.
+SINGLE_DATES = (datetime(2019, 1, 1, tzinfo=timezone.utc), datetime(2024, 1, 1, tzinfo=timezone.utc))
+PAIR_T1_DATES = (datetime(2017, 7, 1, tzinfo=timezone.utc), datetime(2020, 7, 1, tzinfo=timezone.utc))
+PAIR_GAP_DAYS = (365, 4 * 365)
+
+
+@lru_cache(maxsize=None)
+def _grid(region: Region) -> tuple[object, object]:
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    # north-up: x = west + col * gsd, y = north - row * gsd
+    return CRS.from_string(region.crs), Affine(region.gsd_m, 0.0, region.west, 0.0, -region.gsd_m, region.north)
+
+
+def tile_geography(row: int, col: int, size: int, region: Region = REGION) -> dict[str, Any]:
+    """``bbox``, ``footprint`` (WKB), ``crs`` and ``gsd_m`` of the mosaic's tile (row, col)
+    of ``size`` pixels, as the GeoTIFF converter computes them for a window."""
+    from rasterio.windows import Window
+    from shapely import to_wkb
+
+    from rsir.data.converters.geotiff import crs_name, window_footprint
+
+    crs, transform = _grid(region)
+    bbox, outline = window_footprint(Window(col * size, row * size, size, size), transform, crs)
+    return {"bbox": bbox, "footprint": to_wkb(outline), "crs": crs_name(crs), "gsd_m": region.gsd_m}
+
+
+def _overpass(rng: np.random.Generator, start: datetime, end: datetime) -> datetime:
+    """A day in [start, end) at a Sentinel-2 morning overpass over Portugal (about 11:20 UTC)."""
+    day = int(rng.integers((end - start).days))
+    return start + timedelta(days=day, hours=11, minutes=int(rng.integers(5, 35)))
+
+
+def scene_geography(index: int, seed: int, size: int, region: Region = REGION) -> dict[str, Any]:
+    """Where and when single scene ``index`` was taken (its own random stream: adding
+    geography left the scenes' pixels and captions as they were)."""
+    rng = np.random.default_rng([seed, 2, index])
+    row, col = divmod(index, region.columns)
+    return {**tile_geography(row, col, size, region), "sensor": str(rng.choice(region.sensors)),
+            "acquired": _overpass(rng, *SINGLE_DATES)}
+
+
+def pair_geography(index: int, seed: int, size: int, region: Region = REGION) -> dict[str, Any]:
+    """Where and when pair ``index`` was taken: the block east of the single scenes; the
+    second date one to four years after the first (the first date's sensor)."""
+    rng = np.random.default_rng([seed, 3, index])
+    row, col = divmod(index, region.columns)
+    t1 = _overpass(rng, *PAIR_T1_DATES)
+    gap = timedelta(days=int(rng.integers(PAIR_GAP_DAYS[0], PAIR_GAP_DAYS[1] + 1)),
+                    minutes=int(rng.integers(-15, 16)))
+    return {**tile_geography(row, col + region.columns, size, region),
+            "sensor": str(rng.choice(region.sensors)), "acquired": t1, "acquired_t2": t1 + gap}
+
+
+# ---------------------------------------------------------------------------------------
 # Rows
 # ---------------------------------------------------------------------------------------
 
@@ -264,6 +352,7 @@ def scene_row(index: int, seed: int, split: str, size: int = 64) -> dict[str, An
         id=f"scene-{index:06d}", split=split, image=encode_image(render(scene)),
         bands=("R", "G", "B"), captions=_captions(_scene_captions(scene)), class_name=scene.scene_class,
         attributes=scene.attributes(), objects=_objects(scene), source="demo_world",
+        **scene_geography(index, seed, size),
     )
 
 
@@ -338,6 +427,20 @@ def _apply_change(
                 "color": color}, captions
 
 
+def vocabulary_queries(lang: str = "en") -> list[dict[str, str]]:
+    """The queries a person would type for every (scene class, object colour) the world
+    describes: "several red buildings in a residential area" and "three red buildings next
+    to a road" (harbors have no roads: "near water"), in ``lang``."""
+    out = []
+    for scene_class, (main, colors, _) in CLASS_SPECS.items():
+        where = lex.ROAD[True][lang] if scene_class != "harbor" else lex.CONTEXTS["water"][lang]
+        for color in colors:
+            for text in (f"{lex.noun_phrase(lang, main, 'several', color)} {lex.in_scene(lang, scene_class)}",
+                         f"{lex.noun_phrase(lang, main, 3, color)} {where}"):
+                out.append({"class_name": scene_class, "color": color, "text": text})
+    return out
+
+
 def pair_row(index: int, seed: int, split: str, size: int = 64) -> dict[str, Any]:
     """Bitemporal pair number ``index`` of world ``seed``: changed about half the time."""
     rng = np.random.default_rng([seed, 1, index])
@@ -355,7 +458,7 @@ def pair_row(index: int, seed: int, split: str, size: int = 64) -> dict[str, Any
         image_t2=encode_image(render(t2, b2)), bands=("R", "G", "B"),
         captions=_captions(captions), changed=changed, class_name=scene.scene_class,
         attributes={**scene.attributes(), **change_attrs}, objects=_objects(scene),
-        source="demo_world",
+        source="demo_world", **pair_geography(index, seed, size),
     )
 
 
@@ -406,7 +509,7 @@ def cli_main(args: argparse.Namespace) -> int:
 def ensure_world(cfg: RecipeConfig, shards_root: Path) -> None:
     """Generate the world once; a finished world (marked ``_SUCCESS``) is reused."""
     marker = shards_root / "_SUCCESS"
-    wanted = json.dumps({"n_scenes": cfg.demo.n_scenes, "n_pairs": cfg.demo.n_pairs,
+    wanted = json.dumps({"version": WORLD_VERSION, "n_scenes": cfg.demo.n_scenes, "n_pairs": cfg.demo.n_pairs,
                          "seed": cfg.demo.seed, "size": cfg.demo.image_size,
                          "val": cfg.demo.val_fraction, "test": cfg.demo.test_fraction})
     if marker.exists() and marker.read_text() == wanted:
