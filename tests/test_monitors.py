@@ -13,11 +13,11 @@ from scipy.special import ndtr
 from rsir.monitor.job import score_version
 from rsir.monitor.store import MonitorStore
 from rsir.retrieval.archive import publish_archive
+from rsir.retrieval.filters import boxes_intersect
 from rsir.retrieval.monitors import (
     T_MAX,
     T_MIN,
     DeltaRows,
-    boxes_intersect,
     calibrate,
     monitor_set,
     rank_in_calibration,

@@ -800,7 +800,7 @@ def test_bad_monitor_definitions_name_the_field(server, body, status, field):
 
 def test_monitor_alerts_on_new_rows_in_scope_once(server):
     from rsir.retrieval.archive import current_version, load_archive, publish_archive
-    from rsir.retrieval.monitors import boxes_intersect
+    from rsir.retrieval.filters import boxes_intersect
 
     fx, s, url = server["fx"], server["s"], server["url"]
     text = fx["texts"][0]

@@ -163,18 +163,24 @@ def _times(values: Sequence[Any]) -> np.ndarray:
     return np.array([null if v is None else _micros(v) for v in values], dtype=np.int64)
 
 
-def _lon_overlap(w: np.ndarray, e: np.ndarray, qw: float, qe: float) -> np.ndarray:
-    """Whether lon intervals [w, e] (crossing the antimeridian where w > e) meet [qw, qe]."""
-    def meets(a_w, a_e, b_w, b_e):
-        return (a_w <= b_e) & (a_e >= b_w)
+def boxes_intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise (broadcasting) intersection of WGS84 boxes ``[..., 4]`` = (min_lon,
+    min_lat, max_lon, max_lat); ``min_lon > max_lon`` crosses the antimeridian. A box
+    with a NaN never intersects; touching edges do."""
+    aw, as_, ae, an = np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0)
+    bw, bs, be, bn = np.moveaxis(np.asarray(b, dtype=np.float64), -1, 0)
+    with np.errstate(invalid="ignore"):
+        lat = (as_ <= bn) & (an >= bs)
 
-    rows = [(w, np.where(w > e, 180.0, e)), (np.where(w > e, -180.0, w), e)]
-    query = [(qw, 180.0), (-180.0, qe)] if qw > qe else [(qw, qe)]
-    hit = np.zeros(len(w), bool)
-    for a_w, a_e in rows:
-        for b_w, b_e in query:
-            hit |= meets(a_w, a_e, b_w, b_e)
-    return hit
+        def spans(w, e):  # a box as at most two plain lon intervals
+            crosses = w > e
+            return [(w, np.where(crosses, 180.0, e)), (np.where(crosses, -180.0, w), e)]
+
+        lon = np.zeros(np.broadcast(aw, bw).shape, bool)
+        for a_w, a_e in spans(aw, ae):
+            for b_w, b_e in spans(bw, be):
+                lon |= (a_w <= b_e) & (a_e >= b_w)
+    return lat & lon
 
 
 class MetadataTable:
@@ -213,10 +219,7 @@ class MetadataTable:
         """Boolean [n]: the rows that pass every field of ``f``."""
         keep = np.ones(self.n, bool)
         if f.bbox is not None:
-            qw, qs, qe, qn = f.bbox
-            w, s, e, n = self.bbox.T
-            with np.errstate(invalid="ignore"):  # NaN (no bbox) compares False
-                keep &= (s <= qn) & (n >= qs) & _lon_overlap(w, e, qw, qe)
+            keep &= boxes_intersect(self.bbox, np.asarray(f.bbox, dtype=np.float64))
         if f.has_datetime:
             keep &= self.has_time
             if f.end is not None:

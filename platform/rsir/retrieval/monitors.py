@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rsir.retrieval.composed import normalize_with_stats
+from rsir.retrieval.filters import boxes_intersect
 
 # Open ends of a time scope, in microseconds since the epoch.
 T_MIN = np.iinfo(np.int64).min
@@ -109,26 +110,6 @@ class Hits:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-
-def boxes_intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise (broadcasting) intersection of WGS84 boxes ``[..., 4]`` = (min_lon,
-    min_lat, max_lon, max_lat); ``min_lon > max_lon`` crosses the antimeridian. A box
-    with a NaN never intersects; touching edges do."""
-    aw, as_, ae, an = np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0)
-    bw, bs, be, bn = np.moveaxis(np.asarray(b, dtype=np.float64), -1, 0)
-    with np.errstate(invalid="ignore"):
-        lat = (as_ <= bn) & (an >= bs)
-
-        def spans(w, e):  # a box as at most two plain lon intervals
-            crosses = w > e
-            return [(w, np.where(crosses, 180.0, e)), (np.where(crosses, -180.0, w), e)]
-
-        lon = np.zeros(np.broadcast(aw, bw).shape, bool)
-        for a_w, a_e in spans(aw, ae):
-            for b_w, b_e in spans(bw, be):
-                lon |= (a_w <= b_e) & (a_e >= b_w)
-    return lat & lon
 
 
 def _scores(monitors: MonitorSet, vectors: np.ndarray) -> np.ndarray:

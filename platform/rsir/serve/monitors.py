@@ -156,11 +156,11 @@ def monitor_json(m: Any, deliveries: dict[str, Any] | None = None) -> dict[str, 
 
 def alerts_feature_collection(alerts: list[dict[str, Any]]) -> dict[str, Any]:
     """Alerts as a GeoJSON feed: a feature per alert, its row's footprint as the geometry."""
-    from rsir.serve.search import _geometry
+    from rsir.serve.search import geometry_json
 
     features = []
     for a in alerts:
         props = {k: v for k, v in a.items() if k not in ("footprint", "bbox")}
-        features.append({"type": "Feature", "id": a["id"], "geometry": _geometry(a.get("footprint")),
+        features.append({"type": "Feature", "id": a["id"], "geometry": geometry_json(a.get("footprint")),
                          "bbox": a.get("bbox"), "properties": props})
     return {"type": "FeatureCollection", "features": features}

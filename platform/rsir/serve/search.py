@@ -48,7 +48,7 @@ def _iso(value: Any) -> str | None:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _geometry(wkb: bytes | None) -> dict[str, Any] | None:
+def geometry_json(wkb: bytes | None) -> dict[str, Any] | None:
     if not wkb:
         return None
     import shapely
@@ -75,7 +75,7 @@ def describe(part: Part, row: int, target: str) -> dict[str, Any]:
         item.update({k: meta[k][row] for k in ("text", "lang", "owner") if k in meta})
     elif "changed" in meta:
         item["changed"] = get("changed")
-    item.update(footprint=_geometry(get("footprint")), bbox=get("bbox"),
+    item.update(footprint=geometry_json(get("footprint")), bbox=get("bbox"),
                 acquired=_iso(get("acquired")), acquired_t2=_iso(get("acquired_t2")),
                 class_name=get("class_name"), sensor=get("sensor"))
     return item
