@@ -210,6 +210,14 @@ class DemoConfig:
     # of this recipe (`data.task` picks the single-date or the bitemporal shards).
     tasks: dict[str, list[str]] = field(default_factory=lambda: {
         "single": ["data.task=single"], "pair": ["data.task=pair"]})
+    # After the tasks, with the `pair` task's model and archive: a filtered search and a
+    # monitor for this described change (scoped to the region's west half, calibrated to
+    # the archive's top `watch_top`), then `watch_new_pairs` new pair tiles land and the
+    # alerts are checked against the world's ground truth (`watch_truth`: change attributes).
+    watch_query: str = "several buildings were built"
+    watch_truth: dict[str, str] = field(default_factory=lambda: {"change": "added", "category": "building"})
+    watch_top: int = 20
+    watch_new_pairs: int = 300
 
 
 @dataclass(frozen=True)
