@@ -798,7 +798,7 @@ def test_bad_monitor_definitions_name_the_field(server, body, status, field):
     assert r.json()["field"] == field
 
 
-def test_monitor_alerts_on_new_rows_in_scope_once(server):
+def test_monitor_alerts_on_new_rows_in_scope_once(server, tmp_path):
     from rsir.retrieval.archive import current_version, load_archive, publish_archive
     from rsir.retrieval.filters import boxes_intersect
 
@@ -842,6 +842,16 @@ def test_monitor_alerts_on_new_rows_in_scope_once(server):
     features = feed.json()["features"]
     assert {f["properties"]["row_id"] for f in features} == expected
     assert all(f["geometry"]["type"] == "Polygon" and f["properties"]["rank"] >= 1 for f in features)
+    exe = _chromium()
+    if exe is not None:  # the page lists the monitor and draws its alerts' footprints
+        dom = subprocess.run(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--no-first-run", "--virtual-time-budget=8000", f"--user-data-dir={tmp_path / 'p'}",
+             "--dump-dom", url + "/"], capture_output=True, text=True, timeout=60).stdout
+        assert 'data-name="new-change"' in dom and f"{len(expected)} alert" in dom, dom[-1500:]
+        assert dom.count('class="alert"') == len(expected)
+    elif os.environ.get("RSIR_REQUIRE_BROWSER"):
+        pytest.fail("no chromium on PATH; RSIR_REQUIRE_BROWSER is set")
     # republishing the same rows raises nothing new; pausing stops alerts
     assert s.patch(url + "/v1/monitors/new-change", json={"paused": True}).json()["paused"] is True
     detail = s.get(url + "/v1/monitors/new-change").json()
