@@ -6,10 +6,19 @@ Layout of an archive root::
       CURRENT                 the published version's name (replaced atomically)
       v-20261122T230501-1a2b/
         embeddings.parquet    id, embedding (fixed-size list<float32>), kind, captions, ...
-        manifest.json         model, checkpoint hash, config, dim, rows, created time
+        manifest.json         model, checkpoint hash, config, dim, rows, created time,
+                              segments (the versions whose rows make this one), deleted
+        deleted.npy           tombstones: sorted global row positions (when any)
+        index/                the FAISS index of this version's own rows (rsir.retrieval.index)
 
 A version is written completely under a temporary name, renamed into place, and only then
 named in ``CURRENT``: a reader sees the previous version or the new one, never half of one.
+
+A version is a list of *segments*: the rows of earlier versions it extends (``base``),
+then its own rows. An append writes only the new rows (and their index piece); a delete
+writes only tombstones; a full rebuild is a version of one segment (compaction). A row's
+*global position* is its place in the segments concatenated, tombstones included; the
+*live* rows are the others, in that order (what :func:`load_archive` returns).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 EMBEDDINGS_FILE = "embeddings.parquet"
+DELETED_FILE = "deleted.npy"
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
 
@@ -60,14 +71,35 @@ def publish_archive(
     vectors: np.ndarray,
     manifest: dict[str, Any],
     metadata: dict[str, list[Any]] | None = None,
+    *,
+    base: str | None = None,
+    deleted: Iterable[int] = (),
+    current: bool = True,
 ) -> str:
-    """Write a new version under ``root`` and make it current; returns its name."""
+    """Write a new version under ``root`` and (``current``) make it current; returns its
+    name. With ``base``, the version extends that one: its segments, then these rows (an
+    append; none for a delete), with the base's tombstones plus ``deleted`` (global
+    positions). ``current=False`` leaves ``CURRENT`` alone (:func:`set_current` later, e.g.
+    once the version's index is built)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(ids) != len(vectors):
         raise ValueError(f"ids ({len(ids)}) and vectors {vectors.shape} do not match")
-    dim = vectors.shape[1]
+    segments, tombstones = [], np.asarray(sorted(set(int(d) for d in deleted)), np.int64)
+    if base is not None:
+        base_manifest = read_manifest(root, base)
+        if len(ids) and vectors.shape[1] != base_manifest["dim"]:
+            raise ValueError(f"{root}: vectors of dim {vectors.shape[1]} cannot extend version "
+                             f"{base} of dim {base_manifest['dim']}")
+        segments = segments_of(base_manifest)
+        tombstones = np.union1d(read_deleted(root, base), tombstones)
+        total = sum(s["rows"] for s in segments)
+        if len(tombstones) and (tombstones[0] < 0 or tombstones[-1] >= total):
+            raise ValueError(f"{root}: deleted positions must lie in [0, {total}) of version {base}")
+    elif len(tombstones):
+        raise ValueError("deleted positions need a base version")
+    dim = vectors.shape[1] if vectors.shape[1] or base is None else base_manifest["dim"]
     columns: dict[str, Any] = {
         "id": pa.array(ids, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
@@ -77,15 +109,91 @@ def publish_archive(
     version = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
     tmp = root / f".{version}.tmp"
     tmp.mkdir()
-    pq.write_table(pa.table(columns), tmp / EMBEDDINGS_FILE)
-    full_manifest = {**manifest, "dim": dim, "rows": len(ids),
+    if len(ids) or base is None:
+        pq.write_table(pa.table(columns), tmp / EMBEDDINGS_FILE)
+        segments = [*segments, {"version": version, "rows": len(ids)}]
+    if len(tombstones):
+        np.save(tmp / DELETED_FILE, tombstones)
+    total = sum(s["rows"] for s in segments)
+    full_manifest = {**manifest, "dim": dim, "rows": total - len(tombstones),
+                     "segments": segments, "deleted": len(tombstones), "base": base,
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": version}
     (tmp / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2), encoding="utf-8")
     os.replace(tmp, root / version)
+    if current:
+        set_current(root, version)
+    return version
+
+
+def set_current(root: str | Path, version: str) -> None:
+    """Name ``version`` in ``CURRENT`` (one atomic rename)."""
+    root = Path(root)
+    if not (root / version / MANIFEST_FILE).is_file():
+        raise FileNotFoundError(f"{root}: no version {version!r} to make current")
     pointer = root / f".{CURRENT_FILE}.{version}.tmp"
     pointer.write_text(version, encoding="utf-8")
     os.replace(pointer, root / CURRENT_FILE)
-    return version
+
+
+def read_manifest(root: str | Path, version: str | None = None) -> dict[str, Any]:
+    version = version or current_version(root)
+    return json.loads((Path(root) / version / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def segments_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The version's segments (``version``, ``rows``); one, itself, for a version written
+    before segments existed."""
+    return list(manifest.get("segments") or [{"version": manifest["version"], "rows": manifest["rows"]}])
+
+
+def read_deleted(root: str | Path, version: str) -> np.ndarray:
+    """The version's tombstones: sorted global row positions."""
+    path = Path(root) / version / DELETED_FILE
+    return np.load(path) if path.is_file() else np.zeros(0, np.int64)
+
+
+def segment_offsets(manifest: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(version, first global position, rows) of each segment."""
+    out, offset = [], 0
+    for seg in segments_of(manifest):
+        out.append((seg["version"], offset, seg["rows"]))
+        offset += seg["rows"]
+    return out
+
+
+def iter_vectors(root: str | Path, version: str, start: int = 0, stop: int | None = None,
+                 batch_rows: int = 65536) -> Iterator[np.ndarray]:
+    """Vectors of one version's own rows ``[start, stop)`` in chunks of ``batch_rows``,
+    read from its Parquet batch by batch (memory: one batch)."""
+    f = pq.ParquetFile(Path(root) / version / EMBEDDINGS_FILE)
+    stop = f.metadata.num_rows if stop is None else stop
+    offset = 0
+    for rg in range(f.num_row_groups):
+        n = f.metadata.row_group(rg).num_rows
+        if offset + n > start and offset < stop:
+            for batch in f.iter_batches(batch_rows, row_groups=[rg], columns=["embedding"]):
+                lo, hi = max(start - offset, 0), min(stop - offset, len(batch))
+                if hi > lo:
+                    col = batch.column(0)
+                    dim = col.type.list_size
+                    flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
+                    yield flat.reshape(len(batch), dim)[lo:hi]
+                offset += len(batch)
+        else:
+            offset += n
+        if offset >= stop:
+            break
+
+
+def live_ids(root: str | Path, version: str | None = None) -> tuple[list[str], np.ndarray]:
+    """The live rows' ids and their global positions (the id column only)."""
+    manifest = read_manifest(root, version)
+    deleted = read_deleted(root, manifest["version"])
+    ids: list[str] = []
+    for seg, _, _ in segment_offsets(manifest):
+        ids += pq.read_table(Path(root) / seg / EMBEDDINGS_FILE, columns=["id"]).column(0).to_pylist()
+    keep = np.setdiff1d(np.arange(len(ids), dtype=np.int64), deleted, assume_unique=True)
+    return [ids[i] for i in keep], keep
 
 
 def current_version(root: str | Path) -> str:
@@ -96,12 +204,18 @@ def current_version(root: str | Path) -> str:
 
 
 def load_archive(root: str | Path, version: str | None = None) -> Archive:
-    """Load the current (or a named) version of the archive at ``root``."""
+    """Load the current (or a named) version of the archive at ``root``: its segments'
+    rows in order, tombstoned rows left out."""
     root = Path(root)
     version = version or current_version(root)
-    vdir = root / version
-    table = pq.read_table(vdir / EMBEDDINGS_FILE)
-    manifest = json.loads((vdir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = read_manifest(root, version)
+    tables = [pq.read_table(root / seg / EMBEDDINGS_FILE) for seg, _, _ in segment_offsets(manifest)]
+    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    deleted = read_deleted(root, version)
+    if len(deleted):
+        keep = np.ones(len(table), bool)
+        keep[deleted] = False
+        table = table.filter(pa.array(keep))
     emb = table.column("embedding").combine_chunks()
     vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), manifest["dim"])
     metadata = {name: table.column(name).to_pylist()
