@@ -186,3 +186,73 @@ def test_archive_append_delete_compact(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"segment {v1} .* has no index"):
         open_searcher(root)
     assert json.loads((root / v2 / "manifest.json").read_text())["base"] == v1
+
+
+def test_searches_keep_answering_through_append_delete_and_compaction(tmp_path: Path) -> None:
+    """A reader that swaps to each new CURRENT (as the endpoint's poller does) while the
+    archive is appended to, deleted from and compacted: no failed search, every version
+    seen, the delta's rows found, deleted ids gone, the rebuild one segment."""
+    import threading
+
+    from rsir.retrieval.archive import compact_archive, current_version, positions_of, set_current
+
+    root = tmp_path / "visual"
+    x = clustered(2600, 16, 20, seed=8)
+    ids = [f"t{i}" for i in range(2600)]
+    opts = BuildOptions(key="IVF16,Flat", pieces=2, eval_queries=10)
+    v1 = publish_archive(root, ids[:2000], x[:2000], {"model": "m"}, current=False)
+    build_version_index(root, v1, opts)
+    set_current(root, v1)
+    probe = x[[10, 2100, 2500]]  # an old row, two appended rows
+    seen: dict[str, list[list[str]]] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        held, searcher, live = None, None, None
+        while not stop.is_set():
+            try:
+                version = current_version(root)
+                if version != held:  # build the new searcher, then swap one reference
+                    searcher, live, held = open_searcher(root, version, nprobe=16), live_ids(root, version)[0], version
+                _, i = searcher.search(probe, 1)
+                seen.setdefault(held, []).append([live[j] if j >= 0 else None for j in i[:, 0]])
+            except BaseException as err:  # noqa: BLE001 - recorded and failed below
+                errors.append(err)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        def wait_for(version: str) -> None:
+            for _ in range(400):
+                if version in seen:
+                    return
+                stop.wait(0.01)
+            raise AssertionError(f"the reader never searched {version}")
+
+        wait_for(v1)
+        v2 = publish_archive(root, ids[2000:], x[2000:], {"model": "m"}, base=v1, current=False)
+        build_version_index(root, v2, opts)
+        set_current(root, v2)
+        wait_for(v2)
+        gone = positions_of(root, ["t10", "t2500"])
+        assert gone.tolist() == [10, 2500]
+        v3 = publish_archive(root, [], np.zeros((0, 16)), {"model": "m"}, base=v2, deleted=gone)
+        wait_for(v3)
+        v4 = compact_archive(root)
+        build_version_index(root, v4, opts)
+        set_current(root, v4)
+        wait_for(v4)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert seen[v1][-1] == ["t10", seen[v1][-1][1], seen[v1][-1][2]] and "t2100" not in seen[v1][-1]
+    assert seen[v2][-1] == ["t10", "t2100", "t2500"]  # the delta's rows, no rebuild
+    for v in (v3, v4):
+        assert all("t10" not in r and "t2500" not in r for r in seen[v])
+        assert seen[v][-1][1] == "t2100"
+    m4 = read_manifest(root, v4)
+    assert (m4["segments"], m4["deleted"], m4["compacted_from"]) == ([{"version": v4, "rows": 2598}], 0, v3)
+    assert load_archive(root).ids == [i for i in ids if i not in ("t10", "t2500")]
+    assert np.array_equal(load_archive(root).vectors, np.delete(x, [10, 2500], axis=0))

