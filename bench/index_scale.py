@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     _, found_b = base.search(queries, 10)
     r_b = recall_at_k(found_b, truth)
     ours = latency(lambda v: searcher.search(v, 10), queries)
-    theirs = latency(lambda v: base.search(v, 10), queries)
+    theirs = latency(lambda v, b=base: b.search(v, 10), queries)
     print(f"[qps] one query at a time: rsir {ours['qps']:,.0f} q/s (p50 {ours['p50_ms']:.2f} ms, p99 "
           f"{ours['p99_ms']:.2f} ms) vs one in-RAM FAISS index {theirs['qps']:,.0f} q/s (p50 "
           f"{theirs['p50_ms']:.2f} ms, p99 {theirs['p99_ms']:.2f} ms; recall {r_b:.3f}): "
