@@ -172,6 +172,14 @@ def test_archive_append_delete_compact(tmp_path: Path) -> None:
     assert arc.version == v3 and arc.ids == [ids[i] for i in keep]
     assert np.array_equal(arc.vectors, x[keep]) and arc.metadata["n"] == keep.tolist()
     assert live_ids(root)[0] == arc.ids
+    # A search shard's block of live rows spans segments and skips tombstones.
+    from rsir.retrieval.archive import load_archive_rows, read_columns
+
+    for start, end in ((0, 2398), (3, 7), (1990, 2100), (2300, 2398), (10, 10)):
+        part = load_archive_rows(root, v3, start, end)
+        assert part.ids == arc.ids[start:end] and np.array_equal(part.vectors, arc.vectors[start:end])
+        assert part.metadata["n"] == arc.metadata["n"][start:end]
+    assert read_columns(root, v3, ["id"]).column(0).to_pylist() == arc.ids
     s = open_searcher(root, nprobe=64)
     q = x[[5, 6, 2100, 2300]]
     _, i = s.search(q, 10)

@@ -47,7 +47,9 @@ def server(ray_session, tmp_path_factory):
 
     fx = make_fixture(tmp_path_factory.mktemp("serve"), n_scenes=16, n_pairs=8)
     (port,) = free_ports(1)
-    cfg_dict = serve_config_dict(fx, port)
+    # A base map from a tile server that is not there (port 9): the page still draws, the
+    # tile URLs it asks for are checked.
+    cfg_dict = serve_config_dict(fx, port, tile_url="http://127.0.0.1:9/{z}/{x}/{y}.png")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(from_dict(ServeConfig, cfg_dict)), name="rsir", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
@@ -233,6 +235,125 @@ def test_multipart_upload(server):
 
 
 # ---------------------------------------------------------------------------------------
+# Filters, geography, GeoJSON (the fixture lays scenes on a 0.1-degree grid from 10E 45N,
+# 4 a line, a month apart from 2019-01-01; pairs from 20E, their second date 400 days on)
+# ---------------------------------------------------------------------------------------
+
+
+def _passes(row, f) -> bool:
+    """The filter rules read independently, on the fixture's shard rows."""
+    from datetime import datetime
+
+    def when(text):
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    if "bbox" in f:
+        w, s_, e, n = f["bbox"]
+        b = row["bbox"]
+        if not (b[0] <= e and b[2] >= w and b[1] <= n and b[3] >= s_):
+            return False
+    if "datetime" in f:
+        lo, hi = f["datetime"].split("/")
+        start, end = row["acquired"], row["acquired_t2"] or row["acquired"]
+        if (lo != ".." and end < when(lo)) or (hi != ".." and start > when(hi)):
+            return False
+    if "class_name" in f and row["class_name"] not in f["class_name"]:
+        return False
+    if "changed" in f and row["changed"] is not f["changed"]:
+        return False
+    return "sensor" not in f or row["sensor"] == f["sensor"]
+
+
+SCENE_FILTERS = [
+    {"bbox": [10.05, 45.05, 10.25, 45.15]},  # 2 lines x 3 columns of tiles
+    {"datetime": "2019-03-01T00:00:00Z/2019-08-01T00:00:00Z"},
+    {"datetime": "../2019-02-15T00:00:00Z", "sensor": "sentinel-2a"},
+    {"bbox": [10.0, 45.0, 10.4, 45.4], "datetime": "2019-06-01T00:00:00+02:00/.."},
+    {"sensor": "landsat-8", "bbox": [9, 44, 11, 46]},
+]
+
+
+@pytest.mark.parametrize("f", SCENE_FILTERS, ids=[str(f) for f in SCENE_FILTERS])
+def test_filtered_text_search_equals_brute_force(server, f):
+    fx = server["fx"]
+    text = fx["texts"][1]
+    q = np.asarray(post(server, {"kind": "text", "text": text}, "/v1/embed").json()["embedding"])
+    passing = [i for i, r in enumerate(fx["scenes"]) if _passes(r, f)]
+    assert 0 < len(passing) < 16
+    scores = fx["vectors"]["images"] @ q
+    for k in (3, 16):
+        want = [fx["scenes"][i]["id"] for i in sorted(passing, key=lambda i: -scores[i])][:k]
+        r = post(server, {"kind": "text", "text": text, "k": k, "filter": f})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["ids"] == want and out["missing_shards"] == [] and out["shards"] == 2
+        assert len(out["ids"]) == min(k, len(passing))  # k whenever k rows pass
+
+
+def test_filtered_image_pair_composed_and_caption_searches(server):
+    fx = server["fx"]
+    row = fx["scenes"][6]
+    f = {"bbox": [10.0, 45.12, 10.4, 45.18]}  # inside the second line: scenes 4..7
+    out = post(server, {"kind": "image", "image": b64(row["image"]), "k": 10, "filter": f}).json()
+    assert out["ids"][0] == row["id"] and sorted(out["ids"]) == [f"scene-00000{i}" for i in (4, 5, 6, 7)]
+    out = post(server, {"kind": "composed", "image": b64(row["image"]), "text": "a red building",
+                        "lambda": 0.0, "k": 10, "filter": f}).json()
+    assert out["ids"][0] == row["id"] and len(out["ids"]) == 4
+    # captions carry their image's geography: every caption found belongs to scenes 4..7
+    out = post(server, {"kind": "text", "text": fx["texts"][0], "target": "captions", "k": 50,
+                        "filter": f}).json()
+    assert out["ids"] and {r["owner"] for r in out["results"]} <= {f"scene-00000{i}" for i in (4, 5, 6, 7)}
+    # pairs: acquired 2019-01-01 + 30 i days, so pairs 0..2 start by 2019-03-15
+    pair = fx["pairs"][0]
+    for pf, want in (({"datetime": "../2019-03-15T00:00:00Z"}, ["pair-000000", "pair-000001",
+                                                                "pair-000002"]),
+                     ({"changed": True}, [p["id"] for p in fx["pairs"] if p["changed"]])):
+        out = post(server, {"kind": "image_pair", "image": b64(pair["image"]),
+                            "image_t2": b64(pair["image_t2"]), "k": 8, "filter": pf}).json()
+        assert want and sorted(out["ids"]) == want, pf
+    assert all(r["changed"] is True for r in out["results"])
+
+
+def test_results_carry_footprint_and_dates(server):
+    row = server["fx"]["scenes"][5]  # lon 10.1 .. 10.2, lat 45.1 .. 45.2, 2019-01-01 + 150 days
+    out = post(server, {"kind": "image", "image": b64(row["image"]), "k": 1}).json()
+    r = out["results"][0]
+    assert r["id"] == row["id"] and r["acquired"] == "2019-05-31T00:00:00Z"
+    assert r["acquired_t2"] is None and r["sensor"] == "landsat-8"
+    ring = np.array(r["footprint"]["coordinates"][0])
+    assert r["footprint"]["type"] == "Polygon" and ring.shape == (5, 2)
+    np.testing.assert_allclose(ring.min(0), [10.1, 45.1], atol=1e-9)
+    np.testing.assert_allclose(ring.max(0), [10.2, 45.2], atol=1e-9)
+    np.testing.assert_allclose(r["bbox"], [10.1, 45.1, 10.2, 45.2], atol=1e-9)
+    pair = server["fx"]["pairs"][1]
+    out = post(server, {"kind": "image_pair", "image": b64(pair["image"]),
+                        "image_t2": b64(pair["image_t2"]), "k": 1}).json()
+    assert out["results"][0]["acquired"] == "2019-01-31T00:00:00Z"
+    assert out["results"][0]["acquired_t2"] == "2020-03-06T00:00:00Z"  # 400 days later
+
+
+def test_geojson_results(server):
+    row = server["fx"]["scenes"][2]
+    body = {"kind": "image", "image": b64(row["image"]), "k": 4,
+            "filter": {"bbox": [10.0, 45.0, 10.4, 45.1]}}
+    plain = post(server, body).json()
+    r = post(server, body, headers={"accept": "application/geo+json"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/geo+json"
+    fc = r.json()
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 4
+    for rank, (feat, res) in enumerate(zip(fc["features"], plain["results"]), 1):
+        assert feat["type"] == "Feature" and feat["id"] == res["id"]
+        assert feat["geometry"] == res["footprint"] and feat["bbox"] == res["bbox"]
+        p = feat["properties"]
+        assert (p["id"], p["rank"], p["acquired"], p["class_name"]) == (
+            res["id"], rank, res["acquired"], res["class_name"])
+        assert p["score"] == pytest.approx(res["score"])
+    assert fc["features"][0]["id"] == row["id"]
+    err = post(server, {"kind": "image"}, headers={"accept": "application/geo+json"})
+    assert err.status_code == 422 and "image" in err.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------
 # Bad input: 4xx naming the field, never 5xx
 # ---------------------------------------------------------------------------------------
 
@@ -267,6 +388,19 @@ BAD = [
                              "target": "captions"}, 422, "target"),
     ("rerank not bool", {"kind": "text", "text": "x", "rerank": "yes"}, 422, "rerank"),
     ("payload too large", {"kind": "text", "text": "x" * 2_100_000}, 413, "body"),
+    ("filter not an object", {"kind": "text", "text": "x", "filter": [1]}, 422, "filter"),
+    ("unknown filter", {"kind": "text", "text": "x", "filter": {"cloud": 3}}, 422, "filter.cloud"),
+    ("bad bbox", {"kind": "text", "text": "x", "filter": {"bbox": [1, 2, 3]}}, 422, "filter.bbox"),
+    ("bbox lat order", {"kind": "text", "text": "x", "filter": {"bbox": [0, 9, 1, 8]}}, 422,
+     "filter.bbox"),
+    ("naive datetime", {"kind": "text", "text": "x",
+                        "filter": {"datetime": "2020-01-01T00:00:00/.."}}, 422, "filter.datetime"),
+    ("datetime reversed", {"kind": "text", "text": "x", "filter": {
+        "datetime": "2021-01-01T00:00:00Z/2020-01-01T00:00:00Z"}}, 422, "filter.datetime"),
+    ("changed not bool", {"kind": "text", "text": "x", "filter": {"changed": 1}}, 422,
+     "filter.changed"),
+    ("class_name empty", {"kind": "text", "text": "x", "filter": {"class_name": []}}, 422,
+     "filter.class_name"),
 ]
 
 
@@ -312,6 +446,11 @@ def test_generated_requests_never_5xx(server):
         "rerank": st.one_of(st.booleans(), scalar),
         "bands": st.one_of(st.just(["R", "G", "B"]), st.lists(st.text(max_size=3), max_size=4),
                            scalar),
+        "filter": st.one_of(value, st.fixed_dictionaries({}, optional={
+            "bbox": st.one_of(st.lists(st.floats(-200, 200), max_size=5), value),
+            "datetime": st.one_of(st.sampled_from(["2019-01-01T00:00:00Z/..", "../..", "x/y",
+                                                   "2019-01-01T00:00:00Z"]), value),
+            "changed": value, "sensor": value, "class_name": value})),
         "zzz": value,
     }
     valid = st.fixed_dictionaries(
@@ -352,7 +491,7 @@ def test_generated_requests_never_5xx(server):
 
 
 def test_hot_swap_under_traffic(server):
-    from rsir.retrieval.archive import current_version, publish_archive
+    from rsir.retrieval.archive import current_version, load_archive, publish_archive
     from rsir.serve.fixture import random_unit
 
     fx, s, url = server["fx"], requests.Session(), server["url"]
@@ -379,7 +518,9 @@ def test_hot_swap_under_traffic(server):
     time.sleep(0.5)
     ids = [r["id"] for r in fx["scenes"]] + ["scene-new"]
     vecs = np.concatenate([fx["vectors"]["images"], random_unit(1, 128)])
-    new = publish_archive(root, ids, vecs, {"model": "dual_encoder", "kind": "image"})
+    # the rows keep their geography; the new one has none
+    meta = {k: v + [None] for k, v in load_archive(root).metadata.items()}
+    new = publish_archive(root, ids, vecs, {"model": "dual_encoder", "kind": "image"}, meta)
     deadline = time.time() + 15
     while time.time() < deadline and (not versions or versions[-1] != new):
         time.sleep(0.1)
@@ -432,6 +573,161 @@ def test_search_page_in_chromium(server, tmp_path):
     assert shot.is_file() and shot.stat().st_size > 1000
 
 
+class _Chromium:
+    """Headless Chromium driven over the DevTools protocol (websockets): real mouse
+    events, script evaluation and screenshots."""
+
+    def __init__(self, exe: str, profile: Path) -> None:
+        from websockets.sync.client import connect
+
+        from rsir.serve.fixture import free_ports
+
+        (port,) = free_ports(1)
+        self.proc = subprocess.Popen(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-quic", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1280,900",
+             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline, target = time.time() + 60, None
+        while time.time() < deadline and target is None:
+            try:
+                pages = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
+                target = next((p for p in pages if p.get("type") == "page"), None)
+            except requests.RequestException:
+                time.sleep(0.3)
+        assert target, "chromium's DevTools endpoint never came up"
+        self.ws = connect(target["webSocketDebuggerUrl"], max_size=2**26, open_timeout=30)
+        self.n = 0
+
+    def call(self, method: str, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.n:
+                assert "error" not in msg, (method, msg["error"])
+                return msg["result"]
+
+    def eval(self, expr: str):
+        out = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in out, out["exceptionDetails"]
+        return out["result"].get("value")
+
+    def wait(self, expr: str, timeout: float = 30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = self.eval(expr)
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"never true in the page: {expr}")
+
+    def mouse(self, kind: str, x: float, y: float, buttons: int = 0) -> None:
+        self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left" if buttons
+                  or kind != "mouseMoved" else "none", buttons=buttons, clickCount=1)
+
+    def center(self, selector: str) -> tuple[float, float]:
+        r = self.eval(f"(() => {{ const b = document.querySelector({json.dumps(selector)})"
+                      ".getBoundingClientRect(); return [b.x + b.width / 2, b.y + b.height / 2]; })()")
+        return r[0], r[1]
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def _tile(lon: float, lat: float, z: int) -> tuple[int, int]:
+    """The OSM slippy-map tile holding a point (the formula of the OSM wiki)."""
+    import math
+
+    n = 2 ** z
+    r = math.radians(lat)
+    return int((lon + 180) / 360 * n), int((1 - math.asinh(math.tan(r)) / math.pi) / 2 * n)
+
+
+def test_map_page_in_chromium(server, tmp_path):
+    """Footprints drawn beside the thumbnails, hover highlights one, a date range and a
+    box drawn with the mouse filter the search (each equal to the API's filtered answer);
+    screenshot in test-artifacts/search_map.png."""
+    exe = _chromium()
+    if exe is None:
+        why = "no chromium on PATH (apt-get install -y chromium) to drive the search page"
+        if os.environ.get("RSIR_REQUIRE_BROWSER"):
+            pytest.fail(why + "; RSIR_REQUIRE_BROWSER is set")
+        pytest.skip(why)
+    text = server["fx"]["texts"][2]
+    b = _Chromium(exe, tmp_path / "profile-map")
+    try:
+        b.call("Page.navigate", url=server["url"] + "/?q=" + requests.utils.quote(text))
+        n = b.wait("document.querySelectorAll('.result').length")
+        want = post(server, {"kind": "text", "text": text, "k": 12}).json()
+        assert b.eval("[...document.querySelectorAll('.result')].map(d => d.dataset.id)") == want["ids"]
+        with_fp = sum(r["footprint"] is not None for r in want["results"])  # not scene-new
+        assert n == 12 and b.eval("document.querySelectorAll('#map polygon.fp').length") == with_fp >= 11
+        assert b.eval("document.querySelectorAll('#map line.grat').length") >= 4
+        labels = b.eval("[...document.querySelectorAll('#map .glabel')].map(t => t.textContent)")
+        assert any(lab.startswith("10.") for lab in labels) and any(lab.startswith("45.") for lab in labels)
+        # every footprint lies inside the map, drawn where its corners project
+        rects = b.eval("[...document.querySelectorAll('#map polygon.fp')].map(p => { const r = "
+                       "p.getBBox(); return [r.x, r.y, r.width, r.height]; })")
+        assert all(0 <= x and 0 <= y and x + w <= 520 and y + h <= 400 and w > 5 for x, y, w, h in rects)
+        # the base map's tiles: the tile under the first footprint's centre is asked for
+        hrefs = b.eval("[...document.querySelectorAll('#map image.tile')].map(i => i.getAttribute('href'))")
+        z = int(hrefs[0].split("/")[3])
+        bb = want["results"][0]["bbox"]
+        tx, ty = _tile((bb[0] + bb[2]) / 2, (bb[1] + bb[3]) / 2, z)
+        assert f"http://127.0.0.1:9/{z}/{tx}/{ty}.png" in hrefs
+        # hover a result card: its footprint (only) is highlighted
+        first = want["ids"][3]
+        b.mouse("mouseMoved", *b.center(f".result[data-id='{first}']"))
+        b.wait(f"document.querySelector(\"#map polygon.fp[data-id='{first}']\").classList.contains('hl')")
+        assert b.eval("document.querySelectorAll('#map polygon.fp.hl').length") == 1
+        # a date range: the page's results are the API's with the same interval
+        b.eval("$('from').value = '2019-03-01'; $('to').value = '2019-09-30';"
+               "$('to').dispatchEvent(new Event('change')); true")
+        f = {"datetime": "2019-03-01T00:00:00Z/2019-09-30T23:59:59Z"}
+        dated = post(server, {"kind": "text", "text": text, "k": 12, "filter": f}).json()["ids"]
+        assert 0 < len(dated) < 12
+        b.wait("[...document.querySelectorAll('.result')].map(d => d.dataset.id).join() == "
+               + json.dumps(",".join(dated)))
+        # clear it, then draw a box over the map's middle with the mouse
+        b.eval("$('from').value = ''; $('to').value = ''; $('clearfilter').click(); true")
+        b.wait("document.querySelectorAll('.result').length == 12")
+        b.mouse("mousePressed", *b.center("#draw"), buttons=1)
+        b.mouse("mouseReleased", *b.center("#draw"))
+        x0, y0 = b.eval("(() => { const r = $('map').getBoundingClientRect(); return [r.x, r.y]; })()")
+        view = b.eval("view")
+        b.mouse("mousePressed", x0 + 150, y0 + 120, buttons=1)
+        b.mouse("mouseMoved", x0 + 300, y0 + 220, buttons=1)
+        b.mouse("mouseReleased", x0 + 370, y0 + 280)
+        b.wait("filterBox && document.querySelector('#filterbox')")
+        box = b.eval("currentFilter().bbox")
+        boxed = post(server, {"kind": "text", "text": text, "k": 12, "filter": {"bbox": box}}).json()
+        assert 0 < len(boxed["ids"]) < 12, box
+        b.wait("[...document.querySelectorAll('.result')].map(d => d.dataset.id).join() == "
+               + json.dumps(",".join(boxed["ids"])))
+        # the box is where the mouse went: its pixel corners back through Web Mercator
+        import math
+
+        def lonlat(px, py):
+            mx, my = view["x0"] + px / view["s"], view["y0"] + py / view["s"]
+            return mx * 360 - 180, math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * my))))
+
+        (w, n), (e, s_) = lonlat(150, 120), lonlat(370, 280)
+        np.testing.assert_allclose(box, [w, s_, e, n], atol=2e-6)
+        b.mouse("mouseMoved", *b.center(f".result[data-id='{boxed['ids'][0]}']"))
+        b.wait("document.querySelectorAll('#map polygon.fp.hl').length == 1")
+        out = REPO / "test-artifacts"
+        out.mkdir(exist_ok=True)
+        shot = out / "search_map.png"
+        shot.write_bytes(base64.b64decode(b.call("Page.captureScreenshot", format="png")["data"]))
+        assert shot.stat().st_size > 10_000
+    finally:
+        b.close()
+
+
 # ---------------------------------------------------------------------------------------
 # API key: rotated through api_key_file, no redeploy
 # ---------------------------------------------------------------------------------------
@@ -466,3 +762,41 @@ def test_api_key(server):
         key_file.unlink()
     _wait_status(server, 200)
     assert post(server, body).status_code == 200  # key removed: open again
+
+
+# ---------------------------------------------------------------------------------------
+# A search shard's replica dies: Serve restarts it, the others keep answering
+# ---------------------------------------------------------------------------------------
+
+
+def test_dead_shard_is_named_then_restarted(server):
+    import ray
+
+    fx = server["fx"]
+    body = {"kind": "text", "text": fx["texts"][0], "target": "captions", "k": 50}
+    full = post(server, body).json()
+    assert full["missing_shards"] == [] and len(full["ids"]) == 50
+    n_captions = len(fx["texts"])
+    first_half = {f"{i}" for i in range((n_captions + 1) // 2)}  # shard 0's rows: 0 .. n/2
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if "SearchShard1" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
+    assert len(replicas) == 1, replicas
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]),
+             no_restart=True)
+    # The next response names shard 1 and holds shard 0's results: no failure, no silence.
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    gap = r.json()
+    assert gap["missing_shards"] == [1]
+    assert gap["ids"] and all(i.split("#")[1] in first_half for i in gap["ids"])
+    # shard 0's members of the complete top-50 are its own best rows, in that order
+    kept = [i for i in full["ids"] if i.split("#")[1] in first_half]
+    assert len(kept) < 50 and gap["ids"][: len(kept)] == kept and len(gap["ids"]) == 50
+    # Serve starts another replica; responses are complete again, and equal to before.
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        out = post(server, body).json()
+        if out["missing_shards"] == []:
+            break
+        time.sleep(0.5)
+    assert out["missing_shards"] == [] and out["ids"] == full["ids"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from rsir.config import IndexConfig, RecipeConfig, from_dict, to_dict
 from rsir.data.pipeline import read_split
 from rsir.data.transforms import explode_captions, preprocess_batch
 from rsir.retrieval.archive import file_sha256, publish_archive
+from rsir.retrieval.filters import METADATA_COLUMNS
 from rsir.retrieval.index import BuildOptions, build_version_index
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,79 @@ def load_trained(recipe: dict[str, Any], checkpoint: str | None):
     return cfg, model.to(device).eval()
 
 
+# The shard columns an archive keeps per row for filters and results (``changed`` has
+# always travelled on its own).
+ROW_METADATA = tuple(c for c in METADATA_COLUMNS if c != "changed")
+_NO_TIME = np.iinfo(np.int64).min
+
+
+def shard_metadata_columns(path: str) -> list[str]:
+    """The :data:`ROW_METADATA` columns the shards under ``path`` have (shards written
+    before the geography columns lack them; their rows publish nulls)."""
+    import pyarrow.dataset as pads
+
+    names = set(pads.dataset(path, format="parquet").schema.names)
+    return [c for c in ROW_METADATA if c in names]
+
+
+def _micros(value: Any) -> int:
+    """A timestamp as Ray hands it over (numpy datetime64, datetime, pandas) -> int64
+    microseconds since the epoch, UTC; null -> ``_NO_TIME``."""
+    if value is None:
+        return _NO_TIME
+    if getattr(value, "tzinfo", None) is not None:  # datetime / pandas: to naive UTC
+        from datetime import timezone
+
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    t = np.datetime64(value, "us")
+    return _NO_TIME if np.isnat(t) else int(t.astype(np.int64))
+
+
+def encode_metadata(batch: dict[str, Any], rows: list[int]) -> dict[str, np.ndarray]:
+    """The metadata of ``rows`` of a shard batch as plain columns a Ray block carries
+    without object types: bbox float64 [n, 4] (NaN: none), times int64 microseconds
+    (``_NO_TIME``: none), strings and WKB with "" / b"" for none."""
+    out: dict[str, np.ndarray] = {}
+    for name in ROW_METADATA:
+        values = batch.get(name)
+        column = [None] * len(rows) if values is None else [values[j] for j in rows]
+        if name == "bbox":
+            out[name] = np.array([[np.nan] * 4 if b is None else np.asarray(b, np.float64)
+                                  for b in column], np.float64).reshape(len(rows), 4)
+        elif name in ("acquired", "acquired_t2"):
+            out[name] = np.array([_micros(t) for t in column], np.int64)
+        elif name == "footprint":
+            out[name] = np.array([bytes(v) if v is not None else b"" for v in column], object)
+        else:
+            out[name] = np.array([str(v) if v is not None else "" for v in column], object)
+    return out
+
+
+def decode_metadata(batch: dict[str, Any]) -> dict[str, list[Any]]:
+    """:func:`encode_metadata`'s columns back to archive values (None for none)."""
+    from datetime import datetime, timedelta, timezone
+
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    out: dict[str, list[Any]] = {}
+    for name in ROW_METADATA:
+        values = batch[name]
+        if name == "bbox":
+            out[name] = [None if np.isnan(b).any() else [float(v) for v in b] for b in values]
+        elif name in ("acquired", "acquired_t2"):
+            out[name] = [None if int(t) == _NO_TIME else epoch + timedelta(microseconds=int(t))
+                         for t in values]
+        else:
+            out[name] = [v if len(v) else None for v in values]
+    return out
+
+
 class SplitEmbedder:
     """Ray Data actor: raw shard rows -> one output row per image (or pair) and one per caption.
 
     One model per actor embeds both modalities of a batch of rows (one pool and one model
     load per evaluation, not one per modality). Output columns: ``id``, ``split``,
-    ``kind`` (``visual`` or ``caption``), ``text``, ``lang``, ``changed``, ``embedding``.
+    ``kind`` (``visual`` or ``caption``), ``text``, ``lang``, ``changed``, ``embedding``,
+    and the row's filter metadata (:func:`encode_metadata`; a caption carries its image's).
     """
 
     def __init__(self, recipe: dict[str, Any], checkpoint: str | None, language: str | None) -> None:
@@ -131,6 +199,7 @@ class SplitEmbedder:
             "text": np.array([""] * len(rows) + texts, dtype=object),
             "lang": np.array([""] * len(rows) + langs, dtype=object),
             "changed": np.array([batch["changed"][j] for j in owners], dtype=object),
+            **encode_metadata(batch, owners),
             "embedding": (np.concatenate(vectors) if vectors
                           else np.zeros((0, self.dim), np.float32)),
         }
@@ -145,6 +214,9 @@ class SplitEmbeddings:
     text_owner: np.ndarray  # [T] index into ids
     text_vectors: np.ndarray  # [T, D]
     changed: list[bool | None]
+    # the filter / result metadata of each row (rsir.retrieval.filters.METADATA_COLUMNS
+    # less ``changed``), one value per id
+    metadata: dict[str, list[Any]] = field(default_factory=dict)
 
     def in_language(self, lang: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """The captions of ``lang``: their vectors ``[T, D]``, owners (index into ``ids``)
@@ -169,7 +241,9 @@ def embed_splits(
     drops (corrupt image) is logged by the worker and left out."""
     from rsir.models import input_contract
 
-    ds = read_split(cfg.data.shards, splits, input_contract(cfg).columns).map_batches(
+    columns = input_contract(cfg).columns
+    columns += [c for c in shard_metadata_columns(cfg.data.shards) if c not in columns]
+    ds = read_split(cfg.data.shards, splits, columns).map_batches(
         SplitEmbedder, batch_size=batch_size, batch_format="numpy",
         fn_constructor_kwargs={"recipe": to_dict(cfg), "checkpoint": checkpoint,
                                "language": language},
@@ -177,19 +251,23 @@ def embed_splits(
     )
     visual: dict[str, dict[str, tuple[np.ndarray, bool | None]]] = {s: {} for s in splits}
     captions: dict[str, list[tuple[str, str, np.ndarray]]] = {}
+    metadata: dict[str, dict[str, Any]] = {}
     for batch in ds.iter_batches(batch_size=4096, batch_format="numpy"):
-        for i, split, kind, text, lang, changed, vec in zip(
+        decoded = decode_metadata(batch)
+        for n, (i, split, kind, text, lang, changed, vec) in enumerate(zip(
                 batch["id"], batch["split"], batch["kind"], batch["text"], batch["lang"],
-                batch["changed"], batch["embedding"]):
+                batch["changed"], batch["embedding"])):
             if kind == "visual":
                 visual[split][i] = (vec, None if changed is None else bool(changed))
+                metadata[i] = {name: values[n] for name, values in decoded.items()}
             else:  # a row's captions stay in their shard order
                 captions.setdefault(i, []).append((text, lang, vec))
-    return {split: _split_embeddings(rows, captions) for split, rows in visual.items()}
+    return {split: _split_embeddings(rows, captions, metadata) for split, rows in visual.items()}
 
 
 def _split_embeddings(rows: dict[str, tuple[np.ndarray, bool | None]],
-                      captions: dict[str, list[tuple[str, str, np.ndarray]]]) -> SplitEmbeddings:
+                      captions: dict[str, list[tuple[str, str, np.ndarray]]],
+                      metadata: dict[str, dict[str, Any]]) -> SplitEmbeddings:
     ids = sorted(rows)
     owned = [(n, c) for n, i in enumerate(ids) for c in captions.get(i, ())]
     dim = next(iter(rows.values()))[0].shape[0] if rows else 0
@@ -201,6 +279,7 @@ def _split_embeddings(rows: dict[str, tuple[np.ndarray, bool | None]],
         text_vectors=(np.stack([c[2] for _, c in owned]) if owned
                       else np.zeros((0, dim), np.float32)),
         changed=[rows[i][1] for i in ids],
+        metadata={name: [metadata.get(i, {}).get(name) for i in ids] for name in ROW_METADATA},
     )
 
 
@@ -224,13 +303,17 @@ def publish_split(emb: SplitEmbeddings, cfg: RecipeConfig, checkpoint: str | Non
     return {
         "visual": publish_archive(root / "visual", emb.ids, emb.visual,
                                   {**manifest, "kind": "pair" if cfg.data.task == "pair" else "image"},
-                                  {"changed": emb.changed}, base=base.get("visual"),
+                                  {"changed": emb.changed, **emb.metadata}, base=base.get("visual"),
                                   deleted=deleted.get("visual", ()), current=current),
+        # A caption carries its image's metadata: a filtered caption search needs no join.
         "captions": publish_archive(
             root / "captions", [f"{emb.ids[o]}#{i}" for i, o in enumerate(emb.text_owner)],
             emb.text_vectors, {**manifest, "kind": "caption"},
             {"text": emb.texts, "lang": emb.langs,
-             "owner": [emb.ids[o] for o in emb.text_owner]},
+             "owner": [emb.ids[o] for o in emb.text_owner],
+             "changed": [emb.changed[o] for o in emb.text_owner],
+             **{name: [values[o] for o in emb.text_owner]
+                for name, values in emb.metadata.items()}},
             base=base.get("captions"), deleted=deleted.get("captions", ()), current=current),
     }
 

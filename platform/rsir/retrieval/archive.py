@@ -244,6 +244,21 @@ def positions_of(root: str | Path, values: Iterable[str], column: str = "id",
     return np.setdiff1d(pos, deleted).astype(np.int64)
 
 
+def read_columns(root: str | Path, version: str, columns: list[str]) -> pa.Table:
+    """``columns`` of a version's live rows (every segment, tombstones left out)."""
+    root = Path(root)
+    manifest = read_manifest(root, version)
+    tables = [pq.read_table(root / seg / EMBEDDINGS_FILE, columns=columns)
+              for seg, _, _ in segment_offsets(manifest)]
+    table = pa.concat_tables(tables, promote_options="default")
+    deleted = read_deleted(root, version)
+    if len(deleted):
+        keep = np.ones(len(table), bool)
+        keep[deleted] = False
+        table = table.filter(pa.array(keep))
+    return table
+
+
 def compact_archive(root: str | Path, version: str | None = None, batch_rows: int = 65536) -> str:
     """A new version (not yet current) of ``version``'s live rows as one segment: its
     segments streamed batch by batch into one Parquet file, tombstoned rows dropped."""
@@ -278,3 +293,50 @@ def compact_archive(root: str | Path, version: str | None = None, batch_rows: in
     (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2), encoding="utf-8")
     os.replace(tmp, root / new)
     return new
+
+
+def load_archive_rows(root: str | Path, version: str, start: int, end: int,
+                      columns: list[str] | None = None) -> Archive:
+    """Live rows ``[start, end)`` of a version (a search shard's block), reading only the
+    Parquet row groups of its segments that hold them, tombstoned rows left out;
+    ``columns``: the metadata columns to keep (all when None)."""
+    root = Path(root)
+    manifest = read_manifest(root, version)
+    deleted = read_deleted(root, version)
+    # Live position -> global position (as rsir.retrieval.index.IndexSearcher.to_global).
+    shift = deleted - np.arange(len(deleted))
+    g_start = start + int(np.searchsorted(shift, start, side="right"))
+    g_end = (end - 1 + int(np.searchsorted(shift, end - 1, side="right")) + 1) if end > start else g_start
+    names = None
+    pieces = []
+    for seg, offset, rows in segment_offsets(manifest):
+        if rows == 0 or offset >= g_end or offset + rows <= g_start:
+            continue
+        f = pq.ParquetFile(root / seg / EMBEDDINGS_FILE)
+        names = names or ["id", "embedding", *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
+                                               and (columns is None or c in columns))]
+        first = offset
+        for rg in range(f.num_row_groups):
+            n = f.metadata.row_group(rg).num_rows
+            lo, hi = max(g_start, first), min(g_end, first + n)
+            if lo < hi:
+                part = f.read_row_group(rg, columns=names).slice(lo - first, hi - lo)
+                d_lo, d_hi = np.searchsorted(deleted, [lo, hi])
+                if d_hi > d_lo:
+                    keep = np.ones(hi - lo, bool)
+                    keep[deleted[d_lo:d_hi] - lo] = False
+                    part = part.filter(pa.array(keep))
+                pieces.append(part)
+            first += n
+    if not pieces:  # an empty block: the first segment's schema, no rows
+        f = pq.ParquetFile(root / segment_offsets(manifest)[0][0] / EMBEDDINGS_FILE)
+        names = names or ["id", "embedding", *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
+                                               and (columns is None or c in columns))]
+        pieces = [f.schema_arrow.empty_table().select(names)]
+    table = pa.concat_tables(pieces, promote_options="default")
+    dim = manifest["dim"]
+    emb = table.column("embedding").combine_chunks()
+    vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), dim)
+    return Archive(version=version, ids=table.column("id").to_pylist(),
+                   vectors=np.array(vectors, dtype=np.float32), manifest=manifest,
+                   metadata={name: table.column(name).to_pylist() for name in names[2:]})

@@ -67,6 +67,34 @@ def weicom(image_sims: Any, text_sims: Any, lam: float) -> np.ndarray:
     return linear_mix(normalize_similarities(image_sims), normalize_similarities(text_sims), lam)
 
 
+def similarity_stats(sims: Any) -> np.ndarray:
+    """Per row ``[count, sum, sum of squares]`` (float64, ``[Q, 3]``): what
+    :func:`weicom_from_stats` needs of an archive part, so that an archive split in
+    shards is standardised over all of it (the stats of the parts add up)."""
+    sims = np.atleast_2d(as_numpy(sims).astype(np.float64, copy=False))
+    return np.stack([np.full(len(sims), sims.shape[1], np.float64), sims.sum(axis=1),
+                     (sims * sims).sum(axis=1)], axis=1)
+
+
+def _normalize_with_stats(sims: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    n, total, squares = stats[:, :1], stats[:, 1:2], stats[:, 2:3]
+    if (n < 2).any():
+        raise ValueError("need at least 2 archive items to standardise similarities")
+    mean = total / n
+    std = np.sqrt(np.maximum(squares - n * mean * mean, 0.0) / (n - 1))
+    z = np.divide(sims - mean, std, out=np.zeros_like(sims), where=std > 1e-12)
+    return ndtr(z)
+
+
+def weicom_from_stats(image_sims: Any, text_sims: Any, lam: float, image_stats: Any,
+                      text_stats: Any) -> np.ndarray:
+    """:func:`weicom` of a part ``[Q, n]`` of the archive, standardised with the whole
+    archive's :func:`similarity_stats` (summed over its parts) instead of the part's own."""
+    image_sims, text_sims = _pair(image_sims, text_sims)
+    return linear_mix(_normalize_with_stats(image_sims, np.asarray(image_stats, np.float64)),
+                      _normalize_with_stats(text_sims, np.asarray(text_stats, np.float64)), lam)
+
+
 def text_only(image_sims: Any, text_sims: Any, lam: float = 0.0) -> np.ndarray:
     """Baseline: rank by the query text alone (``lam`` ignored)."""
     return _pair(image_sims, text_sims)[1]

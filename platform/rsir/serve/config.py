@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rsir.config import IndexConfig
+from rsir.config import ConfigError, IndexConfig
 
 # The environment each Ray Serve process reads at start (controller, proxies, replicas),
 # per ``ServeConfig.proxy``. "haproxy" is Ray Serve's throughput-optimised mode (Ray >=
@@ -66,6 +66,31 @@ class RerankConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """The search shards: each archive is split in ``shards`` blocks of rows, one Serve
+    deployment per block (``replicas`` replicas each), which the ingress asks in parallel
+    and whose top-k lists it merges. A shard that does not answer within ``timeout_s``
+    (its replica died and Serve is starting another) is named in the response's
+    ``missing_shards`` while the others' results are returned."""
+
+    shards: int = 1
+    replicas: int = 1
+    num_cpus: float = 0.25
+    max_ongoing_requests: int = 64
+    timeout_s: float = 10.0
+    # A filtered query is scored exactly over its candidate rows up to this many of them
+    # (in a shard); above it, through the shard's ANN index when it has one.
+    exact_max_candidates: int = 65536
+
+    def __post_init__(self) -> None:
+        for name in ("shards", "replicas"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"search.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"search.timeout_s: must be > 0, got {self.timeout_s}")
+
+
+@dataclass(frozen=True)
 class ArchivesConfig:
     """Archive roots (``publish_archive`` layout); a missing entry disables that target."""
 
@@ -105,12 +130,17 @@ class ServeConfig:
     # no restart. When the file exists and is not empty it wins over api_key / api_key_env.
     api_key_file: str | None = None
     poll_interval_s: float = 1.0
+    # A base map for the search page, as an XYZ tile URL template
+    # (``https://tile.openstreetmap.org/{z}/{x}/{y}.png``); none: footprints over a
+    # lon/lat graticule only (a cluster with no way out to a tile server).
+    tile_url: str | None = None
     default_k: int = 10
     image_encoder: EncoderConfig = field(default_factory=EncoderConfig)
     text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     # A version with an index is searched through it (memory-mapped pieces, deltas,
     # tombstones) unless kind is exact; nprobe 0 keeps the build's.
     index: IndexConfig = field(default_factory=IndexConfig)

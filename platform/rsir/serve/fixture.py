@@ -5,6 +5,7 @@ environment of a Serve instance that shares the host with others."""
 from __future__ import annotations
 
 import socket
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def make_fixture(out: str | Path, n_scenes: int = 16, n_pairs: int = 8, seed: in
     from rsir.data.demo_world import pair_row, scene_row
     from rsir.data.schema import write_shards
     from rsir.data.transforms import explode_captions, preprocess_batch
-    from rsir.inference import load_trained
+    from rsir.inference import ROW_METADATA, load_trained
     from rsir.retrieval.archive import publish_archive
     from rsir.retrieval.embed import embed_texts, embed_visual
 
@@ -70,8 +71,8 @@ def make_fixture(out: str | Path, n_scenes: int = 16, n_pairs: int = 8, seed: in
     ckpt = out / "model.pt"
     recipe = tiny_checkpoint(ckpt, seed)
     cfg, model = load_trained(recipe, str(ckpt))
-    scenes = [scene_row(i, seed, "test") for i in range(n_scenes)]
-    pairs = [pair_row(i, seed, "test") for i in range(n_pairs)]
+    scenes = [with_geography(scene_row(i, seed, "test"), i, 10.0) for i in range(n_scenes)]
+    pairs = [with_geography(pair_row(i, seed, "test"), i, 20.0) for i in range(n_pairs)]
     write_shards(scenes, out / "shards" / "single")
     write_shards(pairs, out / "shards" / "pairs")
 
@@ -84,13 +85,19 @@ def make_fixture(out: str | Path, n_scenes: int = 16, n_pairs: int = 8, seed: in
     texts, langs, owner = explode_captions([r["captions"] for r in scenes], "en")
     manifest = {"model": cfg.model.name, "checkpoint": str(ckpt)}
     roots = {k: out / "archives" / k for k in ("images", "pairs", "captions")}
+
+    def metadata(rows: list[dict[str, Any]], ids: list[str]) -> dict[str, list[Any]]:
+        by_id = {r["id"]: r for r in rows}
+        return {name: [by_id[i][name] for i in ids] for name in ("changed", *ROW_METADATA)}
+
     publish_archive(roots["images"], list(single["id"]), embed_visual(model, single),
-                    {**manifest, "kind": "image"})
+                    {**manifest, "kind": "image"}, metadata(scenes, list(single["id"])))
     publish_archive(roots["pairs"], list(pair["id"]), embed_visual(model, pair),
-                    {**manifest, "kind": "pair"}, {"changed": [r["changed"] for r in pairs]})
+                    {**manifest, "kind": "pair"}, metadata(pairs, list(pair["id"])))
     publish_archive(roots["captions"], [f"{scenes[o]['id']}#{i}" for i, o in enumerate(owner)],
                     embed_texts(model, texts), {**manifest, "kind": "caption"},
-                    {"text": texts, "lang": langs, "owner": [scenes[o]["id"] for o in owner]})
+                    {"text": texts, "lang": langs, "owner": [scenes[o]["id"] for o in owner],
+                     **metadata(scenes, [scenes[o]["id"] for o in owner])})
     from_dict(RecipeConfig, recipe)  # the recipe round-trips
     return {"checkpoint": str(ckpt), "recipe": recipe, "roots": {k: str(v) for k, v in roots.items()},
             "shards": {"images": str(out / "shards" / "single"), "pairs": str(out / "shards" / "pairs")},
@@ -98,8 +105,26 @@ def make_fixture(out: str | Path, n_scenes: int = 16, n_pairs: int = 8, seed: in
             "vectors": {"images": embed_visual(model, single)}}
 
 
+def with_geography(row: dict[str, Any], index: int, lon0: float, lat0: float = 45.0,
+                   cell: float = 0.1) -> dict[str, Any]:
+    """A demo-world row laid on a grid of ``cell``-degree tiles, 4 a line, from (lon0,
+    lat0), acquired a month after the one before from 2019-01-01 (a pair's second date 400
+    days after its first), sensors alternating."""
+    from shapely import to_wkb
+    from shapely.geometry import box
+
+    lon, lat = lon0 + cell * (index % 4), lat0 + cell * (index // 4)
+    when = datetime(2019, 1, 1, tzinfo=timezone.utc) + timedelta(days=30 * index)
+    return {**row, "bbox": [lon, lat, lon + cell, lat + cell],
+            "footprint": to_wkb(box(lon, lat, lon + cell, lat + cell, ccw=True)),
+            "crs": "EPSG:4326", "gsd_m": 10.0,
+            "sensor": ("sentinel-2a", "landsat-8")[index % 2], "acquired": when,
+            "acquired_t2": when + timedelta(days=400) if row.get("image_t2") else None}
+
+
 def serve_config_dict(fx: dict[str, Any], port: int, **extra: Any) -> dict[str, Any]:
-    """A ServeConfig dict for a fixture, sized for a 2-CPU machine."""
+    """A ServeConfig dict for a fixture, sized for a 2-CPU machine; the archives in 2
+    search shards."""
     cfg = {
         "checkpoint": fx["checkpoint"],
         "archives": dict(fx["roots"]),
@@ -113,6 +138,7 @@ def serve_config_dict(fx: dict[str, Any], port: int, **extra: Any) -> dict[str, 
         "limits": {"max_body_bytes": 2_000_000, "max_image_side": 512, "max_k": 50,
                    "max_text_chars": 300},
         "rerank": {"candidates": 5},
+        "search": {"shards": 2, "num_cpus": 0.1, "timeout_s": 5.0},
     }
     cfg.update(extra)
     return cfg

@@ -20,6 +20,9 @@ def serve_requests(cfg: ServeConfig) -> list[ResourceRequest]:
                                    {"CPU": enc.num_cpus, "GPU": enc.num_gpus},
                                    {"GPU": f"{name}.num_gpus=0", "CPU": f"{name}.num_cpus=C",
                                     "count": f"{name}.num_replicas=N"}))
+    out.append(ResourceRequest("search shard replica", cfg.search.shards * cfg.search.replicas,
+                               {"CPU": cfg.search.num_cpus},
+                               {"CPU": "search.num_cpus=C", "count": "search.shards=N"}))
     out.append(ResourceRequest("ingress replica", cfg.ingress.num_replicas,
                                {"CPU": cfg.ingress.num_cpus},
                                {"CPU": "ingress.num_cpus=C", "count": "ingress.num_replicas=N"}))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from rsir.data.schema import decode_image
+from rsir.retrieval.filters import FilterError, SearchFilter, parse_filter
 from rsir.serve.config import LimitsConfig
 
 KINDS = ("text", "image", "image_pair", "composed")
@@ -23,7 +24,8 @@ KIND_TARGETS = {
     "image_pair": ("pairs", "captions"),
     "composed": ("images",),
 }
-SEARCH_FIELDS = {"kind", "text", "image", "image_t2", "bands", "lambda", "target", "k", "rerank"}
+SEARCH_FIELDS = {"kind", "text", "image", "image_t2", "bands", "lambda", "target", "k", "rerank",
+                 "filter"}
 
 
 class ApiError(Exception):
@@ -53,6 +55,7 @@ class SearchRequest:
     bands: list[str] | None = None
     lam: float = 0.5
     rerank: bool = False
+    filter: SearchFilter | None = None  # None: no restriction
 
 
 def _text(body: dict, name: str, limits: LimitsConfig) -> str:
@@ -168,7 +171,15 @@ def parse_search(body: Any, limits: LimitsConfig, default_k: int, wanted_bands: 
             raise ApiError(422, "bands", "must be a non-empty list of band names")
         if len(bands) > 64:
             raise ApiError(422, "bands", "at most 64 band names")
-    req = SearchRequest(kind=kind, target=target, k=k, lam=float(lam), rerank=rerank, bands=bands)
+    flt = None
+    if body.get("filter") is not None:
+        try:
+            flt = parse_filter(body["filter"])
+        except FilterError as err:
+            raise ApiError(422, err.field, err.message) from None
+        flt = None if flt.empty else flt
+    req = SearchRequest(kind=kind, target=target, k=k, lam=float(lam), rerank=rerank, bands=bands,
+                        filter=flt)
     if kind in ("text", "composed"):
         req.text = _text(body, "text", limits)
     if kind in ("image", "image_pair", "composed"):

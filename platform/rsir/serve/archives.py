@@ -1,0 +1,179 @@
+"""The archive versions replicas hold, and the poller that picks up a new ``CURRENT``.
+
+A search shard holds, per target, its block of rows of the last two versions it loaded
+(:class:`ShardParts`): vectors, ids and the metadata table its filters run on. The
+ingress holds no vectors: per target the version it serves, its manifest (rows, dim,
+model) and, for the captions archive, each image's captions (text only), which image
+results show (:class:`VersionIndex`).
+"""
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Part:
+    """Shard ``shard``'s rows ``[start, start + len(ids))`` of one archive version."""
+
+    version: str
+    start: int
+    ids: list[str]
+    vectors: np.ndarray  # [n, D] float32, writable
+    metadata: dict[str, list[Any]]
+    table: Any  # rsir.retrieval.filters.MetadataTable
+    dim: int
+
+
+def load_part(root: str, version: str, shard: int, shards: int) -> Part:
+    from rsir.retrieval.archive import load_archive_rows, read_manifest
+    from rsir.retrieval.filters import MetadataTable
+    from rsir.retrieval.shards import shard_range
+
+    rows = int(read_manifest(root, version)["rows"])
+    start, end = shard_range(rows, shard, shards)
+    a = load_archive_rows(root, version, start, end)
+    return Part(version, start, a.ids, a.vectors, a.metadata, MetadataTable(a.metadata, len(a)),
+                int(a.manifest["dim"]))
+
+
+class ShardParts:
+    """The parts a shard replica holds: the newest two versions of each target (a request
+    still naming the previous version during a swap is answered from it), loaded by
+    :meth:`poll_once` as they are published, or on demand (:meth:`get`) when a request
+    names one this replica has not seen (a replica restarted mid-swap)."""
+
+    def __init__(self, roots: dict[str, str], shard: int, shards: int, keep: int = 2) -> None:
+        self.roots, self.shard, self.shards, self.keep = roots, shard, shards, keep
+        self.parts: dict[str, dict[str, Part]] = {t: {} for t in roots}
+        self._lock = threading.Lock()
+        self._warned: set[tuple[str, str]] = set()
+
+    def get(self, target: str, version: str) -> Part:
+        part = self.parts[target].get(version)
+        if part is not None:
+            return part
+        with self._lock:  # one load per version, whoever asks first
+            part = self.parts[target].get(version)
+            if part is None:
+                part = load_part(self.roots[target], version, self.shard, self.shards)
+                held = {**self.parts[target], version: part}
+                # Drop the first loaded beyond ``keep``.
+                self.parts = {**self.parts, target: dict(list(held.items())[-self.keep:])}
+                log.info("shard %d: %s version %s (%d rows from %d)", self.shard, target,
+                         version, len(part.ids), part.start)
+        return part
+
+    def held(self) -> dict[str, list[str]]:
+        return {t: sorted(p) for t, p in self.parts.items()}
+
+    def poll_once(self) -> None:
+        from rsir.retrieval.archive import current_version
+
+        for target, root in self.roots.items():
+            try:
+                self.get(target, current_version(root))
+            except Exception as err:  # noqa: BLE001 - keep serving the versions we have
+                if (target, str(err)) not in self._warned:
+                    self._warned.add((target, str(err)))
+                    log.warning("shard %d: archive %s at %s not loaded: %s", self.shard,
+                                target, root, err)
+
+
+@dataclasses.dataclass
+class Version:
+    """What the ingress knows of an archive version."""
+
+    version: str
+    manifest: dict[str, Any]
+    owner_texts: dict[str, list[str]]
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest.get("rows", 0))
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest.get("dim", 0))
+
+
+def read_version(target: str, root: str, version: str) -> Version:
+    from rsir.retrieval.archive import read_columns, read_manifest
+
+    manifest = read_manifest(root, version)
+    owner_texts: dict[str, list[str]] = {}
+    if target == "captions":  # every segment of an appended-to version, tombstones out
+        table = read_columns(root, version, ["owner", "text"])
+        for owner, text in zip(table.column("owner").to_pylist(), table.column("text").to_pylist()):
+            owner_texts.setdefault(str(owner), []).append(str(text))
+    return Version(version, manifest, owner_texts)
+
+
+class VersionIndex:
+    """The version of each target the ingress serves. :meth:`poll_once` reads each root's
+    ``CURRENT``; a new version is served once every shard reports holding it
+    (:meth:`ready`), so a swap never sends a request to a shard still loading."""
+
+    def __init__(self, roots: dict[str, str]) -> None:
+        self.roots = roots
+        self.serving: dict[str, Version] = {}
+        self.pending: dict[str, Version] = {}
+        self.swaps = 0
+        self._warned: set[tuple[str, str]] = set()
+
+    def poll_once(self) -> None:
+        from rsir.retrieval.archive import current_version
+
+        for target, root in self.roots.items():
+            try:
+                version = current_version(root)
+                known = self.pending.get(target) or self.serving.get(target)
+                if known is not None and known.version == version:
+                    continue
+                new = read_version(target, root, version)
+            except Exception as err:  # noqa: BLE001 - keep serving the version we have
+                if (target, str(err)) not in self._warned:
+                    self._warned.add((target, str(err)))
+                    log.warning("archive %s at %s not read: %s", target, root, err)
+                continue
+            if target not in self.serving:  # nothing served yet: serve it at once
+                self._swap(target, new)
+            else:
+                self.pending = {**self.pending, target: new}
+
+    def ready(self, held: list[dict[str, list[str]] | None]) -> None:
+        """Shards' held versions (None: a shard that did not answer): a pending version
+        every shard holds becomes the served one."""
+        for target, new in list(self.pending.items()):
+            if all(h is not None and new.version in h.get(target, ()) for h in held):
+                self._swap(target, new)
+                self.pending = {t: v for t, v in self.pending.items() if t != target}
+
+    def _swap(self, target: str, new: Version) -> None:
+        # One reference assignment: a request sees the old dict or the new one.
+        self.serving = {**self.serving, target: new}
+        self.swaps += 1
+        log.info("archive %s: now version %s (%d rows)", target, new.version, new.rows)
+
+
+class Poller:
+    """Calls ``fn`` every ``interval_s`` on a daemon thread until :meth:`stop`."""
+
+    def __init__(self, fn: Callable[[], None], interval_s: float, name: str) -> None:
+        self._fn, self._interval = fn, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._fn()
+
+    def stop(self) -> None:
+        self._stop.set()
