@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refine", type=int, default=4)
     p.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--reuse", action="store_true", help="search the index already in --work")
     args = p.parse_args(argv)
     import faiss
 
@@ -138,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.max_memory or 400 * args.n
     opts = BuildOptions(max_memory=budget, pieces=args.pieces, nlist=args.nlist, refine=args.refine,
                         eval_queries=args.queries, target_recall=0.95)
-    built = _build(vec_path, out, opts)
+    if args.reuse and (out / "index.json").is_file():  # the same flags' index, built before
+        built = {"meta": json.loads((out / "index.json").read_text()), "seconds": float("nan"),
+                 "peak_heap": 0, "peak_rss": 0}
+        print("[build] reusing the index in", out, "(build figures: see that run)")
+    else:
+        built = _build(vec_path, out, opts)
     meta = built["meta"]
     raw = args.n * DIM * 4
     print(f"[build] {meta['key']} in {meta['pieces'].__len__()} pieces, budget {budget:,} B: "
@@ -171,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     del pieces
     faiss.extract_index_ivf(one).nprobe = meta["nprobe"]
     if meta["refine"]:
-        base = faiss.IndexRefineFlat(one)
+        exact = faiss.IndexFlatIP(DIM)
         for s in range(0, args.n, 262_144):
-            base.refine_index.add(np.ascontiguousarray(x[s:s + 262_144]))
+            exact.add(np.ascontiguousarray(x[s:s + 262_144]))
+        base = faiss.IndexRefine(one, exact)
         base.k_factor = meta["refine"]
     else:
         base = one
