@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="archive root (versions + CURRENT); default train.run_dir/NAME/archive")
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    change = p.add_mutually_exclusive_group()
+    change.add_argument("--append", action="store_true",
+                        help="add the split's rows to the current version as a delta (no rebuild)")
+    change.add_argument("--delete", nargs="+", metavar="ID", default=None,
+                        help="tombstone these ids (and their captions) in the current version")
+    change.add_argument("--compact", action="store_true",
+                        help="rebuild the current version's live rows as one segment with a new index")
     p.set_defaults(func="rsir.evaluate:index_main")
 
     p = sub.add_parser("evaluate", help="score a trained model with the papers' protocols")

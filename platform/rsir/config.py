@@ -221,6 +221,28 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    """The ANN index beside an exact archive (rsir.retrieval.index): ``rsir index`` builds
+    it, ``rsir serve`` searches with it (``kind: exact``: neither; the endpoint scans)."""
+
+    kind: Literal["auto", "exact"] = "auto"
+    # The index's budget ("4GB", "512MiB"): Flat, IVF-Flat or IVF-PQ, whichever fits.
+    max_memory: str = "4GB"
+    # A fixed FAISS key (Flat, IVF<n>,Flat, [OPQ<m>,]IVF<n>,PQ<m>) instead of the budget's.
+    key: str | None = None
+    # Pieces of a full build, each filled by one Ray Data task (the shards of the search).
+    pieces: int = 4
+    flat_rows: int = 100_000
+    nlist: int = 0  # 0: autofaiss's rule for the row count
+    opq: bool = False
+    # PQ: re-score refine x k candidates exactly from the raw vectors (memory-mapped).
+    refine: int = 4
+    target_recall: float = 0.95
+    eval_queries: int = 200
+    nprobe: int = 0  # serving: 0 = the nprobe the build tuned for target_recall
+
+
+@dataclass(frozen=True)
 class RecipeConfig:
     name: str
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -231,6 +253,7 @@ class RecipeConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
 
 
 # ---------------------------------------------------------------------------------------

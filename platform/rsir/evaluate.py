@@ -202,15 +202,90 @@ def evaluate_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_config(cfg: RecipeConfig, source: str) -> None:
+    """Refuse a bad ``index`` section before anything starts, naming the key."""
+    from rsir.retrieval.index import IndexKey, parse_memory
+
+    parse_memory(cfg.index.max_memory, f"{source}:index.max_memory")
+    if cfg.index.key:
+        try:
+            IndexKey.parse(cfg.index.key)
+        except ValueError as err:
+            raise SystemExit(f"{source}:index.key: {err}") from None
+
+
+def _publish(out: Path, versions: dict[str, str], cfg: RecipeConfig) -> dict[str, Any]:
+    """Index each new version, then name it in CURRENT (a reader sees it whole or not)."""
+    from rsir.inference import build_archive_index
+    from rsir.retrieval.archive import set_current
+
+    built = {}
+    for target, version in versions.items():
+        meta = build_archive_index(out / target, version, cfg.index)
+        if meta is not None:
+            built[target] = {k: meta.get(k) for k in ("key", "rows", "nprobe", "bytes_per_vector")}
+            if "report" in meta:
+                built[target]["recall@10"] = meta["report"].get("recall@10")
+        set_current(out / target, version)
+    return built
+
+
+def _delete(out: Path, ids: list[str]) -> dict[str, str]:
+    """Tombstone the rows with these ids (and the captions they own)."""
+    from rsir.retrieval.archive import positions_of, publish_archive, read_manifest
+
+    versions = {}
+    for target, column in (("visual", "id"), ("captions", "owner")):
+        root = out / target
+        if not (root / "CURRENT").is_file():
+            continue
+        pos = positions_of(root, ids, column)
+        if target == "visual" and len(pos) < len(set(ids)):
+            from rsir.retrieval.archive import live_ids
+
+            live = set(live_ids(root)[0])
+            missing = sorted(set(ids) - live)
+            raise SystemExit(f"{root}: no live row with id {missing[:5]}")
+        manifest = read_manifest(root)
+        versions[target] = publish_archive(root, [], np.zeros((0, manifest["dim"]), np.float32),
+                                           {k: manifest[k] for k in ("model", "kind") if k in manifest},
+                                           base=manifest["version"], deleted=pos)
+    return versions
+
+
 def index_main(args: argparse.Namespace) -> int:
+    """``rsir index``: embed a split and publish it (a full build, with its index), or
+    ``--append`` it to the current version as a delta (rows with an id already there
+    replace theirs), ``--delete`` ids (tombstones), ``--compact`` (a full rebuild of the
+    live rows). Every change reaches CURRENT in one rename, index included."""
     from rsir.inference import embed_split, publish_split
+    from rsir.retrieval.archive import compact_archive, current_version, positions_of
 
     cfg = load_config(args.config, args.overrides)
+    _index_config(cfg, args.config)
+    out = Path(args.out or Path(cfg.train.run_dir) / cfg.name / "archive")
+    if getattr(args, "delete", None):
+        versions = _delete(out, list(args.delete))
+        print(f"deleted {len(args.delete)} ids from {out}: {versions}")
+        return 0
     checkpoint = _checkpoint(cfg, args.checkpoint)
     start_job(check_recipe(cfg, "index", checkpoint=checkpoint, split=args.split), args.address,
               cfg.scaling.resource_timeout_s)
-    out = Path(args.out or Path(cfg.train.run_dir) / cfg.name / "archive")
+    if getattr(args, "compact", False):
+        versions = {t: compact_archive(out / t) for t in ("visual", "captions") if (out / t / "CURRENT").is_file()}
+        built = _publish(out, versions, cfg)
+        print(f"compacted {out}: {versions}; index {json.dumps(built)}")
+        return 0
     emb = embed_split(cfg, checkpoint, args.split or cfg.data.test_split, language=None)
-    versions = publish_split(emb, cfg, checkpoint, out)
-    print(f"published {len(emb.ids)} vectors and {len(emb.texts)} captions to {out}: {versions}")
+    base = deleted = None
+    if getattr(args, "append", False):
+        base = {t: current_version(out / t) for t in ("visual", "captions")}
+        # A re-embedded id replaces its old row (and that row's captions).
+        deleted = {"visual": positions_of(out / "visual", emb.ids, "id"),
+                   "captions": positions_of(out / "captions", emb.ids, "owner")}
+    versions = publish_split(emb, cfg, checkpoint, out, base=base, deleted=deleted, current=False)
+    built = _publish(out, versions, cfg)
+    what = "appended" if base else "published"
+    print(f"{what} {len(emb.ids)} vectors and {len(emb.texts)} captions to {out}: {versions}; "
+          f"index {json.dumps(built)}")
     return 0

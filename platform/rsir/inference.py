@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from rsir.config import RecipeConfig, from_dict, to_dict
+from rsir.config import IndexConfig, RecipeConfig, from_dict, to_dict
 from rsir.data.pipeline import read_split
 from rsir.data.transforms import explode_captions, preprocess_batch
 from rsir.retrieval.archive import file_sha256, publish_archive
 from rsir.retrieval.filters import METADATA_COLUMNS
+from rsir.retrieval.index import BuildOptions, build_version_index
 
 log = logging.getLogger(__name__)
 
@@ -289,16 +290,21 @@ def embed_split(cfg: RecipeConfig, checkpoint: str | None, split: str, language:
 
 
 def publish_split(emb: SplitEmbeddings, cfg: RecipeConfig, checkpoint: str | None,
-                  root: str | Path) -> dict[str, str]:
+                  root: str | Path, base: dict[str, str] | None = None,
+                  deleted: dict[str, Any] | None = None, current: bool = True) -> dict[str, str]:
     """Publish the split's visual and caption archives under ``root/{visual,captions}``;
-    the manifest names the weights (:func:`weights_manifest`)."""
+    the manifest names the weights (:func:`weights_manifest`). With ``base`` (archive ->
+    version), each is a delta of that version (these rows added, ``deleted`` positions
+    tombstoned); ``current=False`` leaves ``CURRENT`` for :func:`build_archive_index`."""
     manifest = {"model": cfg.model.name, "recipe": to_dict(cfg), "task": cfg.data.task,
                 **weights_manifest(cfg, checkpoint)}
     root = Path(root)
+    base, deleted = base or {}, deleted or {}
     return {
         "visual": publish_archive(root / "visual", emb.ids, emb.visual,
                                   {**manifest, "kind": "pair" if cfg.data.task == "pair" else "image"},
-                                  {"changed": emb.changed, **emb.metadata}),
+                                  {"changed": emb.changed, **emb.metadata}, base=base.get("visual"),
+                                  deleted=deleted.get("visual", ()), current=current),
         # A caption carries its image's metadata: a filtered caption search needs no join.
         "captions": publish_archive(
             root / "captions", [f"{emb.ids[o]}#{i}" for i, o in enumerate(emb.text_owner)],
@@ -307,5 +313,30 @@ def publish_split(emb: SplitEmbeddings, cfg: RecipeConfig, checkpoint: str | Non
              "owner": [emb.ids[o] for o in emb.text_owner],
              "changed": [emb.changed[o] for o in emb.text_owner],
              **{name: [values[o] for o in emb.text_owner]
-                for name, values in emb.metadata.items()}}),
+                for name, values in emb.metadata.items()}},
+            base=base.get("captions"), deleted=deleted.get("captions", ()), current=current),
     }
+
+
+def build_options(cfg: IndexConfig) -> BuildOptions:
+    """The library's build options of a recipe's ``index`` section."""
+    return BuildOptions(max_memory=cfg.max_memory, key=cfg.key, pieces=cfg.pieces,
+                        flat_rows=cfg.flat_rows, nlist=cfg.nlist, opq=cfg.opq, refine=cfg.refine,
+                        target_recall=cfg.target_recall, eval_queries=cfg.eval_queries)
+
+
+def _ray_map(fn: Any, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One Ray Data task per piece: each reads its rows from the Parquet archive in
+    batches and writes its piece; the driver sees only the tasks' small results."""
+    import ray
+
+    return ray.data.from_items(tasks, override_num_blocks=len(tasks)).map(fn, num_cpus=1).take_all()
+
+
+def build_archive_index(root: str | Path, version: str, cfg: IndexConfig) -> dict[str, Any] | None:
+    """Index ``version`` of the archive at ``root`` (its own rows: the full build, or an
+    append's delta) with Ray Data filling the pieces; None when there is nothing to index
+    (``kind: exact``, or a delete)."""
+    if cfg.kind == "exact":
+        return None
+    return build_version_index(root, version, build_options(cfg), map_fn=_ray_map)

@@ -6,10 +6,19 @@ Layout of an archive root::
       CURRENT                 the published version's name (replaced atomically)
       v-20261122T230501-1a2b/
         embeddings.parquet    id, embedding (fixed-size list<float32>), kind, captions, ...
-        manifest.json         model, checkpoint hash, config, dim, rows, created time
+        manifest.json         model, checkpoint hash, config, dim, rows, created time,
+                              segments (the versions whose rows make this one), deleted
+        deleted.npy           tombstones: sorted global row positions (when any)
+        index/                the FAISS index of this version's own rows (rsir.retrieval.index)
 
 A version is written completely under a temporary name, renamed into place, and only then
 named in ``CURRENT``: a reader sees the previous version or the new one, never half of one.
+
+A version is a list of *segments*: the rows of earlier versions it extends (``base``),
+then its own rows. An append writes only the new rows (and their index piece); a delete
+writes only tombstones; a full rebuild is a version of one segment (compaction). A row's
+*global position* is its place in the segments concatenated, tombstones included; the
+*live* rows are the others, in that order (what :func:`load_archive` returns).
 """
 
 from __future__ import annotations
@@ -19,15 +28,18 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute.is_in
 import pyarrow.parquet as pq
 
 EMBEDDINGS_FILE = "embeddings.parquet"
+DELETED_FILE = "deleted.npy"
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
 
@@ -60,14 +72,35 @@ def publish_archive(
     vectors: np.ndarray,
     manifest: dict[str, Any],
     metadata: dict[str, list[Any]] | None = None,
+    *,
+    base: str | None = None,
+    deleted: Iterable[int] = (),
+    current: bool = True,
 ) -> str:
-    """Write a new version under ``root`` and make it current; returns its name."""
+    """Write a new version under ``root`` and (``current``) make it current; returns its
+    name. With ``base``, the version extends that one: its segments, then these rows (an
+    append; none for a delete), with the base's tombstones plus ``deleted`` (global
+    positions). ``current=False`` leaves ``CURRENT`` alone (:func:`set_current` later, e.g.
+    once the version's index is built)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(ids) != len(vectors):
         raise ValueError(f"ids ({len(ids)}) and vectors {vectors.shape} do not match")
-    dim = vectors.shape[1]
+    segments, tombstones = [], np.asarray(sorted(set(int(d) for d in deleted)), np.int64)
+    if base is not None:
+        base_manifest = read_manifest(root, base)
+        if len(ids) and vectors.shape[1] != base_manifest["dim"]:
+            raise ValueError(f"{root}: vectors of dim {vectors.shape[1]} cannot extend version "
+                             f"{base} of dim {base_manifest['dim']}")
+        segments = segments_of(base_manifest)
+        tombstones = np.union1d(read_deleted(root, base), tombstones)
+        total = sum(s["rows"] for s in segments)
+        if len(tombstones) and (tombstones[0] < 0 or tombstones[-1] >= total):
+            raise ValueError(f"{root}: deleted positions must lie in [0, {total}) of version {base}")
+    elif len(tombstones):
+        raise ValueError("deleted positions need a base version")
+    dim = vectors.shape[1] if vectors.shape[1] or base is None else base_manifest["dim"]
     columns: dict[str, Any] = {
         "id": pa.array(ids, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
@@ -77,15 +110,91 @@ def publish_archive(
     version = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
     tmp = root / f".{version}.tmp"
     tmp.mkdir()
-    pq.write_table(pa.table(columns), tmp / EMBEDDINGS_FILE)
-    full_manifest = {**manifest, "dim": dim, "rows": len(ids),
+    if len(ids) or base is None:
+        pq.write_table(pa.table(columns), tmp / EMBEDDINGS_FILE)
+        segments = [*segments, {"version": version, "rows": len(ids)}]
+    if len(tombstones):
+        np.save(tmp / DELETED_FILE, tombstones)
+    total = sum(s["rows"] for s in segments)
+    full_manifest = {**manifest, "dim": dim, "rows": total - len(tombstones),
+                     "segments": segments, "deleted": len(tombstones), "base": base,
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": version}
     (tmp / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2), encoding="utf-8")
     os.replace(tmp, root / version)
+    if current:
+        set_current(root, version)
+    return version
+
+
+def set_current(root: str | Path, version: str) -> None:
+    """Name ``version`` in ``CURRENT`` (one atomic rename)."""
+    root = Path(root)
+    if not (root / version / MANIFEST_FILE).is_file():
+        raise FileNotFoundError(f"{root}: no version {version!r} to make current")
     pointer = root / f".{CURRENT_FILE}.{version}.tmp"
     pointer.write_text(version, encoding="utf-8")
     os.replace(pointer, root / CURRENT_FILE)
-    return version
+
+
+def read_manifest(root: str | Path, version: str | None = None) -> dict[str, Any]:
+    version = version or current_version(root)
+    return json.loads((Path(root) / version / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def segments_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The version's segments (``version``, ``rows``); one, itself, for a version written
+    before segments existed."""
+    return list(manifest.get("segments") or [{"version": manifest["version"], "rows": manifest["rows"]}])
+
+
+def read_deleted(root: str | Path, version: str) -> np.ndarray:
+    """The version's tombstones: sorted global row positions."""
+    path = Path(root) / version / DELETED_FILE
+    return np.load(path) if path.is_file() else np.zeros(0, np.int64)
+
+
+def segment_offsets(manifest: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(version, first global position, rows) of each segment."""
+    out, offset = [], 0
+    for seg in segments_of(manifest):
+        out.append((seg["version"], offset, seg["rows"]))
+        offset += seg["rows"]
+    return out
+
+
+def iter_vectors(root: str | Path, version: str, start: int = 0, stop: int | None = None,
+                 batch_rows: int = 65536) -> Iterator[np.ndarray]:
+    """Vectors of one version's own rows ``[start, stop)`` in chunks of ``batch_rows``,
+    read from its Parquet batch by batch (memory: one batch)."""
+    f = pq.ParquetFile(Path(root) / version / EMBEDDINGS_FILE)
+    stop = f.metadata.num_rows if stop is None else stop
+    offset = 0
+    for rg in range(f.num_row_groups):
+        n = f.metadata.row_group(rg).num_rows
+        if offset + n > start and offset < stop:
+            for batch in f.iter_batches(batch_rows, row_groups=[rg], columns=["embedding"]):
+                lo, hi = max(start - offset, 0), min(stop - offset, len(batch))
+                if hi > lo:
+                    col = batch.column(0)
+                    dim = col.type.list_size
+                    flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
+                    yield flat.reshape(len(batch), dim)[lo:hi]
+                offset += len(batch)
+        else:
+            offset += n
+        if offset >= stop:
+            break
+
+
+def live_ids(root: str | Path, version: str | None = None) -> tuple[list[str], np.ndarray]:
+    """The live rows' ids and their global positions (the id column only)."""
+    manifest = read_manifest(root, version)
+    deleted = read_deleted(root, manifest["version"])
+    ids: list[str] = []
+    for seg, _, _ in segment_offsets(manifest):
+        ids += pq.read_table(Path(root) / seg / EMBEDDINGS_FILE, columns=["id"]).column(0).to_pylist()
+    keep = np.setdiff1d(np.arange(len(ids), dtype=np.int64), deleted, assume_unique=True)
+    return [ids[i] for i in keep], keep
 
 
 def current_version(root: str | Path) -> str:
@@ -96,12 +205,18 @@ def current_version(root: str | Path) -> str:
 
 
 def load_archive(root: str | Path, version: str | None = None) -> Archive:
-    """Load the current (or a named) version of the archive at ``root``."""
+    """Load the current (or a named) version of the archive at ``root``: its segments'
+    rows in order, tombstoned rows left out."""
     root = Path(root)
     version = version or current_version(root)
-    vdir = root / version
-    table = pq.read_table(vdir / EMBEDDINGS_FILE)
-    manifest = json.loads((vdir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = read_manifest(root, version)
+    tables = [pq.read_table(root / seg / EMBEDDINGS_FILE) for seg, _, _ in segment_offsets(manifest)]
+    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    deleted = read_deleted(root, version)
+    if len(deleted):
+        keep = np.ones(len(table), bool)
+        keep[deleted] = False
+        table = table.filter(pa.array(keep))
     emb = table.column("embedding").combine_chunks()
     vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), manifest["dim"])
     metadata = {name: table.column(name).to_pylist()
@@ -111,28 +226,114 @@ def load_archive(root: str | Path, version: str | None = None) -> Archive:
                    metadata=metadata)
 
 
-def read_manifest(root: str | Path, version: str) -> dict[str, Any]:
-    return json.loads((Path(root) / version / MANIFEST_FILE).read_text(encoding="utf-8"))
+def positions_of(root: str | Path, values: Iterable[str], column: str = "id",
+                 version: str | None = None) -> np.ndarray:
+    """Sorted global positions of the live rows of ``version`` whose ``column`` is one of
+    ``values`` (a column read on its own, segment by segment)."""
+    manifest = read_manifest(root, version)
+    wanted = pa.array(sorted(set(values)), pa.string())
+    deleted = read_deleted(root, manifest["version"])
+    out = []
+    for seg, offset, rows in segment_offsets(manifest):
+        if rows == 0:
+            continue
+        col = pq.read_table(Path(root) / seg / EMBEDDINGS_FILE, columns=[column]).column(0)
+        hit = np.flatnonzero(pa.compute.is_in(col, value_set=wanted).to_numpy(zero_copy_only=False))
+        out.append(hit + offset)
+    pos = np.concatenate(out) if out else np.zeros(0, np.int64)
+    return np.setdiff1d(pos, deleted).astype(np.int64)
+
+
+def read_columns(root: str | Path, version: str, columns: list[str]) -> pa.Table:
+    """``columns`` of a version's live rows (every segment, tombstones left out)."""
+    root = Path(root)
+    manifest = read_manifest(root, version)
+    tables = [pq.read_table(root / seg / EMBEDDINGS_FILE, columns=columns)
+              for seg, _, _ in segment_offsets(manifest)]
+    table = pa.concat_tables(tables, promote_options="default")
+    deleted = read_deleted(root, version)
+    if len(deleted):
+        keep = np.ones(len(table), bool)
+        keep[deleted] = False
+        table = table.filter(pa.array(keep))
+    return table
+
+
+def compact_archive(root: str | Path, version: str | None = None, batch_rows: int = 65536) -> str:
+    """A new version (not yet current) of ``version``'s live rows as one segment: its
+    segments streamed batch by batch into one Parquet file, tombstoned rows dropped."""
+    root = Path(root)
+    manifest = read_manifest(root, version)
+    deleted = read_deleted(root, manifest["version"])
+    new = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+    tmp = root / f".{new}.tmp"
+    tmp.mkdir()
+    writer, rows = None, 0
+    for seg, offset, n in segment_offsets(manifest):
+        f = pq.ParquetFile(root / seg / EMBEDDINGS_FILE)
+        writer = writer or pq.ParquetWriter(tmp / EMBEDDINGS_FILE, f.schema_arrow)
+        pos = offset
+        for batch in f.iter_batches(batch_rows):
+            size = len(batch)
+            lo, hi = np.searchsorted(deleted, [pos, pos + size])
+            if hi > lo:
+                keep = np.ones(size, bool)
+                keep[deleted[lo:hi] - pos] = False
+                batch = batch.filter(pa.array(keep))
+            writer.write_table(pa.Table.from_batches([batch], f.schema_arrow))
+            rows += len(batch)
+            pos += size
+    if writer is not None:
+        writer.close()
+    kept = {k: v for k, v in manifest.items()
+            if k not in ("rows", "segments", "deleted", "base", "created", "version")}
+    full = {**kept, "rows": rows, "segments": [{"version": new, "rows": rows}], "deleted": 0,
+            "base": None, "compacted_from": manifest["version"],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": new}
+    (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2), encoding="utf-8")
+    os.replace(tmp, root / new)
+    return new
 
 
 def load_archive_rows(root: str | Path, version: str, start: int, end: int,
                       columns: list[str] | None = None) -> Archive:
-    """Rows ``[start, end)`` of a version (a search shard's block), reading only the
-    Parquet row groups that hold them; ``columns``: the metadata columns to keep (all
-    when None)."""
-    vdir = Path(root) / version
+    """Live rows ``[start, end)`` of a version (a search shard's block), reading only the
+    Parquet row groups of its segments that hold them, tombstoned rows left out;
+    ``columns``: the metadata columns to keep (all when None)."""
+    root = Path(root)
     manifest = read_manifest(root, version)
-    f = pq.ParquetFile(vdir / EMBEDDINGS_FILE)
-    names = ["id", "embedding", *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
-                                  and (columns is None or c in columns))]
-    pieces, first = [], 0
-    for rg in range(f.num_row_groups):
-        n = f.metadata.row_group(rg).num_rows
-        lo, hi = max(start, first), min(end, first + n)
-        if lo < hi:
-            pieces.append(f.read_row_group(rg, columns=names).slice(lo - first, hi - lo))
-        first += n
-    table = pa.concat_tables(pieces) if pieces else f.schema_arrow.empty_table().select(names)
+    deleted = read_deleted(root, version)
+    # Live position -> global position (as rsir.retrieval.index.IndexSearcher.to_global).
+    shift = deleted - np.arange(len(deleted))
+    g_start = start + int(np.searchsorted(shift, start, side="right"))
+    g_end = (end - 1 + int(np.searchsorted(shift, end - 1, side="right")) + 1) if end > start else g_start
+    names = None
+    pieces = []
+    for seg, offset, rows in segment_offsets(manifest):
+        if rows == 0 or offset >= g_end or offset + rows <= g_start:
+            continue
+        f = pq.ParquetFile(root / seg / EMBEDDINGS_FILE)
+        names = names or ["id", "embedding", *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
+                                               and (columns is None or c in columns))]
+        first = offset
+        for rg in range(f.num_row_groups):
+            n = f.metadata.row_group(rg).num_rows
+            lo, hi = max(g_start, first), min(g_end, first + n)
+            if lo < hi:
+                part = f.read_row_group(rg, columns=names).slice(lo - first, hi - lo)
+                d_lo, d_hi = np.searchsorted(deleted, [lo, hi])
+                if d_hi > d_lo:
+                    keep = np.ones(hi - lo, bool)
+                    keep[deleted[d_lo:d_hi] - lo] = False
+                    part = part.filter(pa.array(keep))
+                pieces.append(part)
+            first += n
+    if not pieces:  # an empty block: the first segment's schema, no rows
+        f = pq.ParquetFile(root / segment_offsets(manifest)[0][0] / EMBEDDINGS_FILE)
+        names = names or ["id", "embedding", *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
+                                               and (columns is None or c in columns))]
+        pieces = [f.schema_arrow.empty_table().select(names)]
+    table = pa.concat_tables(pieces, promote_options="default")
     dim = manifest["dim"]
     emb = table.column("embedding").combine_chunks()
     vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), dim)

@@ -206,11 +206,20 @@ SEARCHERS = {
     "exact": lambda archive, **kw: ExactSearcher(archive, **kw),
     "faiss_flat": lambda archive, **kw: FaissSearcher(archive, index="flat", **kw),
     "faiss_ivf": lambda archive, **kw: FaissSearcher(archive, index="ivf", **kw),
+    # An index chosen for a memory budget (Flat / IVF-Flat / [OPQ-]IVF-PQ), built into a
+    # directory and searched memory-mapped: rsir.retrieval.index.
+    "faiss_auto": lambda archive, **kw: _auto(archive, **kw),
 }
 
 
+def _auto(archive: Archive, **kw: Any) -> Searcher:
+    from rsir.retrieval.index import AutoIndexSearcher
+
+    return AutoIndexSearcher(archive, **kw)
+
+
 def create_searcher(kind: str, archive: Archive, **kwargs: Any) -> Searcher:
-    """Build a searcher by name: ``exact``, ``faiss_flat`` or ``faiss_ivf``."""
+    """Build a searcher by name: ``exact``, ``faiss_flat``, ``faiss_ivf`` or ``faiss_auto``."""
     if kind not in SEARCHERS:
         raise KeyError(f"unknown searcher {kind!r}; valid: {sorted(SEARCHERS)}")
     return SEARCHERS[kind](archive, **kwargs)

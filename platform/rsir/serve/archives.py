@@ -104,14 +104,12 @@ class Version:
 
 
 def read_version(target: str, root: str, version: str) -> Version:
-    import pyarrow.parquet as pq
-
-    from rsir.retrieval.archive import EMBEDDINGS_FILE, read_manifest
+    from rsir.retrieval.archive import read_columns, read_manifest
 
     manifest = read_manifest(root, version)
     owner_texts: dict[str, list[str]] = {}
-    if target == "captions":
-        table = pq.read_table(f"{root}/{version}/{EMBEDDINGS_FILE}", columns=["owner", "text"])
+    if target == "captions":  # every segment of an appended-to version, tombstones out
+        table = read_columns(root, version, ["owner", "text"])
         for owner, text in zip(table.column("owner").to_pylist(), table.column("text").to_pylist()):
             owner_texts.setdefault(str(owner), []).append(str(text))
     return Version(version, manifest, owner_texts)

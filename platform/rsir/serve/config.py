@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rsir.config import ConfigError
+from rsir.config import ConfigError, IndexConfig
 
 # The environment each Ray Serve process reads at start (controller, proxies, replicas),
 # per ``ServeConfig.proxy``. "haproxy" is Ray Serve's throughput-optimised mode (Ray >=
@@ -155,3 +155,6 @@ class ServeConfig:
     rerank: RerankConfig = field(default_factory=RerankConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
+    # A version with an index is searched through it (memory-mapped pieces, deltas,
+    # tombstones) unless kind is exact; nprobe 0 keeps the build's.
+    index: IndexConfig = field(default_factory=IndexConfig)
