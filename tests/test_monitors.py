@@ -182,6 +182,16 @@ def test_score_version_scores_only_new_rows_once(tmp_path) -> None:
     second = score_version(store, "pairs", str(root), new, old, use_ray=False)
     assert second.hits == first.hits and second.new_alerts == 0  # no duplicates
     assert store.scored("pairs") == {new}
+    # an append (a delta version on `new`): only its rows are read and scored
+    extra = _unit(rng.standard_normal((10, queries.shape[1])))
+    extra[:3] = queries[:3]  # three rows that match monitors m0..m2 exactly
+    delta = publish_archive(root, [f"q{i}" for i in range(10)], extra, {"model": "m"},
+                            {k: v[:10] for k, v in meta.items()}, base=new)
+    third = score_version(store, "pairs", str(root), delta, new, use_ray=False)
+    assert third.new_rows == 10
+    assert {(a["monitor"], a["row_id"]) for a in store.alerts() if a["version"] == delta} == {
+        (f"m{j}", f"q{i}") for j in range(6) for i in range(10) if extra[i] @ queries[j] >= 0.2}
+    assert {("m0", "q0"), ("m1", "q1"), ("m2", "q2")} <= {(a["monitor"], a["row_id"]) for a in store.alerts()}
 
 
 def test_webhook_that_fails_twice_is_retried_with_backoff_then_delivered(tmp_path) -> None:

@@ -173,7 +173,7 @@ def watch(cfg: RecipeConfig, out: Path) -> dict[str, Any]:
     2. a monitor for the same described change and scope, calibrated to the archive's top
        ``demo.watch_top`` (``rsir.monitor``: SQLite store under ``OUT/watch/``);
     3. ``demo.watch_new_pairs`` new pair tiles of the world (south of the others) are
-       embedded with Ray Data and land as a new archive version; their new rows are scored
+       embedded with Ray Data and land as a delta version (an append); its rows are scored
        against the monitor on Ray (``rsir.monitor.job.score_version``);
     4. the alerts' precision (and recall) against the world's ground truth
        (``demo.watch_truth``: the change the generator made), and a map of it all.
@@ -228,9 +228,9 @@ def watch(cfg: RecipeConfig, out: Path) -> dict[str, Any]:
                           "demo watch")
     emb = embed_split(delta_cfg, str(ckpt), "test")
     new_meta = {"changed": emb.changed, **emb.metadata}
-    meta = {k: old.metadata[k] + new_meta.get(k, [None] * len(emb.ids)) for k in old.metadata}
-    t_land = time.perf_counter()
-    new = publish_archive(root, old.ids + emb.ids, np.vstack([old.vectors, emb.visual]), old.manifest, meta)
+    t_land = time.perf_counter()  # the delta lands: a version of the new rows on the old one
+    new = publish_archive(root, emb.ids, emb.visual, old.manifest,
+                          {k: new_meta.get(k, [None] * len(emb.ids)) for k in old.metadata}, base=old.version)
     result = score_version(store, "pairs", str(root), new, old.version, use_ray=True)
     latency = time.perf_counter() - t_land
     alerts = store.alerts("new-buildings-west")

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,20 +102,46 @@ def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat()
 
 
+def new_rows(root: str, version: str, previous: str | None) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
+    """The live rows of ``version`` whose ids ``previous`` lacked: ids, vectors, metadata.
+    Only the segments ``previous`` does not share are read (an append's delta), and of
+    those only the ids it did not have (a compaction rewrites old rows as a new segment)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rsir.retrieval.archive import EMBEDDINGS_FILE, live_ids, read_deleted, read_manifest, segment_offsets
+
+    manifest = read_manifest(root, version)
+    shared = {seg for seg, _, _ in segment_offsets(read_manifest(root, previous))} if previous else set()
+    old = set(live_ids(root, previous)[0]) if previous else set()
+    deleted = set(read_deleted(root, version).tolist())
+    tables = []
+    for seg, start, n in segment_offsets(manifest):
+        if seg in shared:
+            continue
+        t = pq.read_table(Path(root) / seg / EMBEDDINGS_FILE)
+        keep = [i for i, id_ in enumerate(t.column("id").to_pylist())
+                if start + i not in deleted and id_ not in old]
+        tables.append(t.take(pa.array(keep, pa.int64())))
+    dim = int(manifest["dim"])
+    if not tables:
+        return [], np.zeros((0, dim), np.float32), {}
+    table = pa.concat_tables(tables, promote_options="default")
+    vectors = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    metadata = {c: table.column(c).to_pylist() for c in table.column_names if c not in ("id", "embedding")}
+    return table.column("id").to_pylist(), vectors.reshape(len(table), dim).astype(np.float32), metadata
+
+
 def score_version(store: MonitorStore, target: str, root: str, version: str,
                   previous: str | None, use_ray: bool = True) -> ScoreResult:
     """Score the rows of ``version`` that ``previous`` lacked (all of them when None)
     against ``target``'s active monitors; store the alerts; mark the version scored."""
-    from rsir.retrieval.archive import load_archive
-
     t0 = time.perf_counter()
-    archive = load_archive(root, version)
-    old = set(load_archive(root, previous).ids) if previous else set()
-    new = np.array([i for i, id_ in enumerate(archive.ids) if id_ not in old], dtype=np.int64)
+    ids, vectors, metadata = new_rows(root, version, previous)
+    new = np.arange(len(ids))
     stored = store.list(target, active_only=True)
-    monitors = monitor_set_of(stored, archive.vectors.shape[1])
-    metadata = {k: [v[i] for i in new] for k, v in archive.metadata.items()}
-    delta = delta_rows(archive.vectors[new], metadata)
+    monitors = monitor_set_of(stored, vectors.shape[1])
+    delta = delta_rows(vectors, metadata)
     hits = (score_on_ray if use_ray else score_delta)(monitors, delta)
     by_id = {m.id: m for m in stored}
     missing = [None] * len(new)
@@ -125,7 +152,7 @@ def score_version(store: MonitorStore, target: str, root: str, version: str,
         rank = (None if m.calibration is None
                 else int(rank_in_calibration(m.calibration, np.float32(score))))
         rows.append(dict(
-            monitor_id=m.id, archive=target, row_id=archive.ids[new[r]], version=version,
+            monitor_id=m.id, archive=target, row_id=ids[r], version=version,
             score=float(score), rank=rank, bbox=None if bbox[r] is None else json.dumps(list(bbox[r])),
             footprint=footprint[r], acquired=_iso(t1[r]), acquired_t2=_iso(t2[r])))
     added = store.add_alerts(rows)
