@@ -51,7 +51,7 @@ def server(ray_session, tmp_path_factory):
     # tile URLs it asks for are checked.
     cfg_dict = serve_config_dict(fx, port, tile_url="http://127.0.0.1:9/{z}/{x}/{y}.png")
     cfg_dict["monitors"] = {"store": str(tmp_path_factory.mktemp("serve_state") / "monitors.db"),
-                            "deliver_interval_s": 0.2}
+                            "deliver_interval_s": 0.2, "score_cpus": 0.25}  # beside the replicas' CPUs
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(from_dict(ServeConfig, cfg_dict)), name="rsir", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
@@ -820,6 +820,7 @@ def test_monitor_alerts_on_new_rows_in_scope_once(server, tmp_path):
     deadline = time.time() + 30
     while time.time() < deadline and not server_scored(server, old.version):
         time.sleep(0.2)
+    assert server_scored(server, old.version)
     # A delta: every old pair again under a new id (same place, same dates), plus their sum.
     new_ids = [f"{i}-2024" for i in old.ids]
     ids = old.ids + new_ids
@@ -836,7 +837,10 @@ def test_monitor_alerts_on_new_rows_in_scope_once(server, tmp_path):
     while time.time() < deadline and got != expected:
         time.sleep(0.3)
         got = {a["row_id"] for a in s.get(url + "/v1/alerts", params={"monitor": "new-change"}).json()["alerts"]}
-    assert got == expected
+    from rsir.monitor.store import MonitorStore
+
+    assert got == expected, (MonitorStore(server["cfg"]["monitors"]["store"]).scored("pairs"),
+                             s.get(url + "/v1/archives").json()["archives"]["pairs"], current_version(root))
     feed = s.get(url + "/v1/alerts", params={"monitor": "new-change", "format": "geojson"})
     assert feed.headers["content-type"].startswith("application/geo+json")
     features = feed.json()["features"]

@@ -69,21 +69,31 @@ def _score_block(monitors: MonitorSet, delta: DeltaRows, offset: int) -> Hits:
     return Hits(hits.rows + offset, hits.monitors, hits.scores)
 
 
-def score_on_ray(monitors: MonitorSet, delta: DeltaRows, block_rows: int = 20_000) -> Hits:
-    """:func:`score_delta` with the rows cut into blocks, one Ray task each."""
+def score_on_ray(monitors: MonitorSet, delta: DeltaRows, block_rows: int = 20_000,
+                 num_cpus: float = 1.0, timeout_s: float = 600.0) -> Hits:
+    """:func:`score_delta` with the rows cut into blocks, one Ray task each (``num_cpus``
+    each). Tasks not done within ``timeout_s`` (the cluster has no room for them) are
+    cancelled and the error names what they asked for."""
     import ray
 
     if len(monitors) == 0 or len(delta.vectors) == 0:
         return score_delta(monitors, delta)
     ref = ray.put(monitors)
-    task = ray.remote(num_cpus=1)(_score_block)
+    task = ray.remote(num_cpus=num_cpus)(_score_block)
     futures = []
     for start in range(0, len(delta.vectors), block_rows):
         s = slice(start, start + block_rows)
         block = DeltaRows(delta.vectors[s], delta.bbox[s], delta.t_start[s], delta.t_end[s],
                           list(delta.footprints[s]))
         futures.append(task.remote(ref, block, start))
-    parts = ray.get(futures)
+    try:
+        parts = ray.get(futures, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        for f in futures:
+            ray.cancel(f)
+        raise TimeoutError(f"monitor scoring: {len(futures)} task(s) of {{CPU: {num_cpus}}} not done in "
+                           f"{timeout_s:.0f} s (cluster: {ray.available_resources()}); lower "
+                           "monitors.score_cpus or add nodes") from None
     return Hits(np.concatenate([p.rows for p in parts]), np.concatenate([p.monitors for p in parts]),
                 np.concatenate([p.scores for p in parts]))
 
@@ -133,7 +143,7 @@ def new_rows(root: str, version: str, previous: str | None) -> tuple[list[str], 
 
 
 def score_version(store: MonitorStore, target: str, root: str, version: str,
-                  previous: str | None, use_ray: bool = True) -> ScoreResult:
+                  previous: str | None, use_ray: bool = True, num_cpus: float = 1.0) -> ScoreResult:
     """Score the rows of ``version`` that ``previous`` lacked (all of them when None)
     against ``target``'s active monitors; store the alerts; mark the version scored."""
     t0 = time.perf_counter()
@@ -142,7 +152,7 @@ def score_version(store: MonitorStore, target: str, root: str, version: str,
     stored = store.list(target, active_only=True)
     monitors = monitor_set_of(stored, vectors.shape[1])
     delta = delta_rows(vectors, metadata)
-    hits = (score_on_ray if use_ray else score_delta)(monitors, delta)
+    hits = score_on_ray(monitors, delta, num_cpus=num_cpus) if use_ray else score_delta(monitors, delta)
     by_id = {m.id: m for m in stored}
     missing = [None] * len(new)
     bbox, footprint, t1, t2 = (metadata.get(k, missing) for k in ("bbox", "footprint", "acquired", "acquired_t2"))

@@ -117,6 +117,7 @@ class MonitorsConfig:
 
     store: str | None = None
     score_on_ray: bool = True
+    score_cpus: float = 1.0  # per scoring task (a block of new rows x every monitor)
     deliver_interval_s: float = 1.0  # how often due webhook deliveries are attempted
 
 

@@ -102,19 +102,23 @@ class Ingress:
 
     def _score_new_versions(self) -> None:
         from rsir.monitor.job import score_version
+        from rsir.retrieval.archive import current_version
 
         try:
-            for target, v in self.archives.items():
-                if target not in ("images", "pairs") or not v.rows:
+            for target, root in self.roots.items():
+                if target not in ("images", "pairs"):
                     continue
+                # the published version (scoring reads the archive itself, not the shards,
+                # so it need not wait for a search to swap the shards to it)
+                version = current_version(root)
                 last = self.monitors.last_scored(target)
-                if last == v.version:
+                if last == version:
                     continue
                 if last is None:  # monitors watch what lands after the endpoint started watching
-                    self.monitors.mark_scored(target, v.version, 0, 0, 0.0)
+                    self.monitors.mark_scored(target, version, 0, 0, 0.0)
                     continue
-                score_version(self.monitors, target, self.roots[target], v.version, last,
-                              use_ray=self.cfg.monitors.score_on_ray)
+                score_version(self.monitors, target, root, version, last,
+                              use_ray=self.cfg.monitors.score_on_ray, num_cpus=self.cfg.monitors.score_cpus)
         except Exception:  # noqa: BLE001 - logged; the next poll retries the version
             log.exception("scoring the monitors failed")
         finally:
