@@ -232,6 +232,17 @@ def test_multipart_upload(server):
     assert r.json()["ids"][0] == row["id"]
     bad = server["s"].post(server["url"] + "/v1/search/upload", data={"kind": "image", "k": "x"})
     assert bad.status_code == 422 and "k" in bad.json()["error"]
+    # a filter as a JSON form field: scenes 0..3 (the first grid line), as GeoJSON
+    r = server["s"].post(server["url"] + "/v1/search/upload", timeout=30,
+                         headers={"accept": "application/geo+json"},
+                         data={"kind": "image", "k": "10",
+                               "filter": json.dumps({"bbox": [10.0, 45.02, 10.4, 45.08]})},
+                         files={"image": ("x.png", row["image"], "image/png")})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/geo+json", r.text
+    assert sorted(f["id"] for f in r.json()["features"]) == [f"scene-00000{i}" for i in range(4)]
+    bad = server["s"].post(server["url"] + "/v1/search/upload", data={"kind": "image",
+                                                                      "filter": "{nope"})
+    assert bad.status_code == 422 and "filter" in bad.json()["error"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -702,7 +713,7 @@ def test_map_page_in_chromium(server, tmp_path):
         b.mouse("mousePressed", x0 + 150, y0 + 120, buttons=1)
         b.mouse("mouseMoved", x0 + 300, y0 + 220, buttons=1)
         b.mouse("mouseReleased", x0 + 370, y0 + 280)
-        b.wait("filterBox && document.querySelector('#filterbox')")
+        b.wait("!!(filterBox && document.querySelector('#filterbox'))")
         box = b.eval("currentFilter().bbox")
         boxed = post(server, {"kind": "text", "text": text, "k": 12, "filter": {"bbox": box}}).json()
         assert 0 < len(boxed["ids"]) < 12, box
