@@ -234,6 +234,17 @@ def test_multipart_upload(server):
     assert r.json()["ids"][0] == row["id"]
     bad = server["s"].post(server["url"] + "/v1/search/upload", data={"kind": "image", "k": "x"})
     assert bad.status_code == 422 and "k" in bad.json()["error"]
+    # a filter as a JSON form field: scenes 0..3 (the first grid line), as GeoJSON
+    r = server["s"].post(server["url"] + "/v1/search/upload", timeout=30,
+                         headers={"accept": "application/geo+json"},
+                         data={"kind": "image", "k": "10",
+                               "filter": json.dumps({"bbox": [10.0, 45.02, 10.4, 45.08]})},
+                         files={"image": ("x.png", row["image"], "image/png")})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/geo+json", r.text
+    assert sorted(f["id"] for f in r.json()["features"]) == [f"scene-00000{i}" for i in range(4)]
+    bad = server["s"].post(server["url"] + "/v1/search/upload", data={"kind": "image",
+                                                                      "filter": "{nope"})
+    assert bad.status_code == 422 and "filter" in bad.json()["error"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -700,25 +711,26 @@ def test_map_page_in_chromium(server, tmp_path):
         b.mouse("mousePressed", *b.center("#draw"), buttons=1)
         b.mouse("mouseReleased", *b.center("#draw"))
         x0, y0 = b.eval("(() => { const r = $('map').getBoundingClientRect(); return [r.x, r.y]; })()")
-        view = b.eval("view")
-        b.mouse("mousePressed", x0 + 150, y0 + 120, buttons=1)
-        b.mouse("mouseMoved", x0 + 300, y0 + 220, buttons=1)
-        b.mouse("mouseReleased", x0 + 370, y0 + 280)
-        b.wait("filterBox && document.querySelector('#filterbox')")
+        view, border = b.eval("view"), b.eval("$('map').clientLeft")
+        b.mouse("mousePressed", x0 + 200, y0 + 150, buttons=1)
+        b.mouse("mouseMoved", x0 + 260, y0 + 200, buttons=1)
+        b.mouse("mouseReleased", x0 + 320, y0 + 250)
+        b.wait("!!(filterBox && document.querySelector('#filterbox'))")
         box = b.eval("currentFilter().bbox")
         boxed = post(server, {"kind": "text", "text": text, "k": 12, "filter": {"bbox": box}}).json()
         assert 0 < len(boxed["ids"]) < 12, box
         b.wait("[...document.querySelectorAll('.result')].map(d => d.dataset.id).join() == "
                + json.dumps(",".join(boxed["ids"])))
-        # the box is where the mouse went: its pixel corners back through Web Mercator
+        # the box is where the mouse went: its pixel corners back through Web Mercator,
         import math
 
         def lonlat(px, py):
             mx, my = view["x0"] + px / view["s"], view["y0"] + py / view["s"]
             return mx * 360 - 180, math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * my))))
 
-        (w, n), (e, s_) = lonlat(150, 120), lonlat(370, 280)
-        np.testing.assert_allclose(box, [w, s_, e, n], atol=2e-6)
+        (w, n), (e, s_) = lonlat(200 - border, 150 - border), lonlat(320 - border, 250 - border)
+        # within 3 px (a pixel is 360 / view.s degrees of longitude, less of latitude here)
+        np.testing.assert_allclose(box, [w, s_, e, n], atol=3 * 360 / view["s"])
         b.mouse("mouseMoved", *b.center(f".result[data-id='{boxed['ids'][0]}']"))
         b.wait("document.querySelectorAll('#map polygon.fp.hl').length == 1")
         out = REPO / "test-artifacts"
@@ -898,7 +910,8 @@ def test_dead_shard_is_named_then_restarted(server):
     assert gap["ids"] and all(i.split("#")[1] in first_half for i in gap["ids"])
     # shard 0's members of the complete top-50 are its own best rows, in that order
     kept = [i for i in full["ids"] if i.split("#")[1] in first_half]
-    assert len(kept) < 50 and gap["ids"][: len(kept)] == kept and len(gap["ids"]) == 50
+    assert len(kept) < 50 and gap["ids"][: len(kept)] == kept
+    assert len(gap["ids"]) == min(50, len(first_half))
     # Serve starts another replica; responses are complete again, and equal to before.
     deadline = time.time() + 90
     while time.time() < deadline:
