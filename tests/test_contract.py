@@ -162,7 +162,8 @@ def test_galr_local_branch_learns_from_the_shards_objects(ray_session, world, tm
     from rsir.train.trainer import fit
 
     base = [f"data.shards={world}", GALR, "loss.name=triplet", "data.image_size=32",
-            "train.epochs=1", "train.max_failures=0", "data.batch_size=16", "scaling.num_workers=1"]
+            "train.epochs=1", "train.max_failures=0", "data.batch_size=16", "scaling.num_workers=1",
+            "data.captions=one_random"]
     cfg = load_config(REPO / "configs" / "demo_tiny.yaml", base)
     torch.manual_seed(cfg.train.seed)  # rank 0 builds its model right after this seed
     initial = create_model(cfg.model, cfg.loss).state_dict()

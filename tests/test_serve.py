@@ -920,3 +920,40 @@ def test_dead_shard_is_named_then_restarted(server):
             break
         time.sleep(0.5)
     assert out["missing_shards"] == [] and out["ids"] == full["ids"]
+
+
+def test_rsir_monitor_apply_creates_replaces_and_names_a_bad_entry(server, tmp_path):
+    from rsir.monitor.cli import apply
+
+    url = server["url"]
+    text = server["fx"]["texts"][1]
+    path = tmp_path / "monitors.yaml"
+
+    def write(threshold, extra=""):
+        path.write_text(f"""monitors:
+  - name: apply-a
+    target: pairs
+    query: {{kind: text, text: "{text}"}}
+    threshold: {threshold}
+  - name: apply-b
+    target: images
+    query: {{kind: text, text: "{text}"}}
+    scope: {{bbox: [10.0, 45.0, 10.2, 45.2]}}
+    calibrate: {{top: 3}}
+{extra}""")
+
+    write(0.5)
+    assert apply(path, url) == {"created": ["apply-a", "apply-b"], "replaced": [], "unchanged": [], "deleted": []}
+    write(0.5)
+    assert apply(path, url)["unchanged"] == ["apply-a", "apply-b"]
+    write(0.6)
+    assert apply(path, url)["replaced"] == ["apply-a"]
+    assert server["s"].get(url + "/v1/monitors/apply-a").json()["threshold"] == 0.6
+    write(0.6, "  - name: apply-c\n    target: pairs\n    query: {kind: text, text: x}\n"
+               "    scope: {bbox: [1, 2, 3]}\n    threshold: 0.1\n")
+    with pytest.raises(ValueError, match=r"monitors\[2\] \(apply-c\): scope.bbox"):
+        apply(path, url)
+    write(0.6)
+    assert apply(path, url, prune=False)["unchanged"] == ["apply-a", "apply-b"]
+    path.write_text("monitors: []\n")
+    assert apply(path, url, prune=True)["deleted"] == ["apply-a", "apply-b"]
