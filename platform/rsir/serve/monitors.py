@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from rsir.retrieval.filters import FilterError, SearchFilter, parse_filter
 from rsir.serve.config import LimitsConfig
-from rsir.serve.requests import ApiError, SearchRequest, parse_search
+from rsir.serve.requests import ApiError, SearchRequest, check_object, parse_search
 
 MONITOR_FIELDS = {"name", "query", "target", "scope", "threshold", "calibrate", "webhook", "paused"}
 SCOPE_FIELDS = {"bbox", "polygon", "datetime"}
@@ -53,11 +53,7 @@ def _prefixed(err: ApiError, prefix: str) -> ApiError:
 
 def parse_monitor(body: Any, limits: LimitsConfig, wanted_bands: list[str], available: set[str],
                   default_lambda: float) -> MonitorRequest:
-    if not isinstance(body, dict):
-        raise ApiError(422, None, f"a monitor must be a JSON object, got {type(body).__name__}")
-    unknown = sorted(str(k) for k in body if k not in MONITOR_FIELDS)
-    if unknown:
-        raise ApiError(422, unknown[0], f"unknown field; valid: {sorted(MONITOR_FIELDS)}")
+    check_object(body, MONITOR_FIELDS, "a monitor")
     name = body.get("name")
     if not isinstance(name, str) or not NAME.match(name):
         raise ApiError(422, "name", "required: 1-128 letters, digits, '_', '.', '-' (a letter or digit first)")
@@ -106,11 +102,7 @@ def parse_monitor(body: Any, limits: LimitsConfig, wanted_bands: list[str], avai
 def _scope(value: Any) -> tuple[SearchFilter | None, bytes | None]:
     if value is None:
         return None, None
-    if not isinstance(value, dict):
-        raise ApiError(422, "scope", "must be an object with bbox or polygon, and datetime")
-    unknown = sorted(str(k) for k in value if k not in SCOPE_FIELDS)
-    if unknown:
-        raise ApiError(422, f"scope.{unknown[0]}", f"unknown field; valid: {sorted(SCOPE_FIELDS)}")
+    check_object(value, SCOPE_FIELDS, "scope (bbox or polygon, and datetime)", prefix="scope.")
     if value.get("bbox") is not None and value.get("polygon") is not None:
         raise ApiError(422, "scope.polygon", "give bbox or polygon, not both")
     polygon = None

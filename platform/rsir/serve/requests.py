@@ -58,6 +58,18 @@ class SearchRequest:
     filter: SearchFilter | None = None  # None: no restriction
 
 
+def check_object(body: Any, fields: set[str], what: str = "request body",
+                 prefix: str = "") -> dict[str, Any]:
+    """``body`` as a JSON object with only ``fields``; else a 422 naming the first stranger
+    (``prefix`` + its name)."""
+    if not isinstance(body, dict):
+        raise ApiError(422, prefix.rstrip(".") or None, f"{what} must be a JSON object, got {type(body).__name__}")
+    unknown = sorted(str(key) for key in body if key not in fields)
+    if unknown:
+        raise ApiError(422, prefix + unknown[0], f"unknown field; valid: {sorted(fields)}")
+    return body
+
+
 def _text(body: dict, name: str, limits: LimitsConfig) -> str:
     if name not in body or body[name] is None:
         raise ApiError(422, name, "required for this kind")
@@ -125,11 +137,7 @@ def parse_search(body: Any, limits: LimitsConfig, default_k: int, wanted_bands: 
                  available: set[str], default_lambda: float = 0.5) -> SearchRequest:
     """A validated search request; a composed query without ``lambda`` gets
     ``default_lambda`` (the recipe's ``eval.weicom_lambda``)."""
-    if not isinstance(body, dict):
-        raise ApiError(422, None, f"request body must be a JSON object, got {type(body).__name__}")
-    unknown = sorted(str(key) for key in body if key not in SEARCH_FIELDS)
-    if unknown:
-        raise ApiError(422, unknown[0], f"unknown field; valid: {sorted(SEARCH_FIELDS)}")
+    check_object(body, SEARCH_FIELDS)
     kind = body.get("kind")
     if kind is None:
         raise ApiError(422, "kind", f"required; one of {list(KINDS)}")
@@ -194,11 +202,7 @@ EMBED_FIELDS = {"kind", "text", "image", "image_t2", "bands"}
 
 def parse_embed(body: Any, limits: LimitsConfig, wanted_bands: list[str]) -> SearchRequest:
     """``/v1/embed``: one text, image or pair."""
-    if not isinstance(body, dict):
-        raise ApiError(422, None, f"request body must be a JSON object, got {type(body).__name__}")
-    unknown = sorted(str(key) for key in body if key not in EMBED_FIELDS)
-    if unknown:
-        raise ApiError(422, unknown[0], f"unknown field; valid: {sorted(EMBED_FIELDS)}")
+    check_object(body, EMBED_FIELDS)
     kind = body.get("kind")
     if kind not in ("text", "image", "image_pair"):
         raise ApiError(422, "kind", f"unknown kind {kind!r}; one of ['text', 'image', 'image_pair']")
