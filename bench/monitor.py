@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsir.monitor.job import delta_rows, monitor_set_of, score_version
+from rsir.monitor.job import delta_rows, monitor_set_of, new_rows, score_version
 from rsir.monitor.store import MonitorStore
 from rsir.retrieval.archive import load_archive, publish_archive
 from rsir.retrieval.filters import MetadataTable, SearchFilter
@@ -69,13 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     old = publish_archive(root, [f"old{i}" for i in range(seed_rows)], clustered(rng, seed_rows, centres),
                           {"model": "bench"}, {k: v[:seed_rows] for k, v in meta.items()})
     ids = [f"old{i}" for i in range(seed_rows)] + [f"tile{i}" for i in range(args.rows)]
-    full_meta = {k: load_archive(root, old).metadata[k] + v for k, v in meta.items()}
-    new = publish_archive(root, ids, np.vstack([load_archive(root, old).vectors, vectors]),
-                          {"model": "bench"}, full_meta)
+    seed = load_archive(root, old)
+    new = publish_archive(root, ids, np.vstack([seed.vectors, vectors]), {"model": "bench"},
+                          {k: seed.metadata[k] + v for k, v in meta.items()})
     # each monitor: a 2°-box somewhere in the region; the threshold of its ~50th best row
     boxes = np.stack([w := rng.uniform(10, 18, args.monitors), s := rng.uniform(40, 48, args.monitors),
                       w + 2, s + 2], 1)
-    sample = vectors[rng.choice(args.rows, 20_000, replace=False)]
+    sample = vectors[rng.choice(args.rows, min(20_000, args.rows), replace=False)]
     # ~125 rows of the whole delta beat it, ~5 of them inside the monitor's box (1/25 of the region)
     thresholds = np.quantile(sample @ queries.T, 1 - 125 / args.rows, axis=0)
 
@@ -101,12 +101,8 @@ def main(argv: list[str] | None = None) -> None:
 
     baseline_store = MonitorStore(tmp / "baseline.db")
     t0 = time.perf_counter()
-    archive = load_archive(root, new)
-    old_ids = set(load_archive(root, old).ids)
-    new_rows = np.array([i for i, id_ in enumerate(archive.ids) if id_ not in old_ids])
-    delta_meta = {k: [v[i] for i in new_rows] for k, v in archive.metadata.items()}
-    table = MetadataTable(delta_meta, len(new_rows))
-    dv = archive.vectors[new_rows]
+    delta_ids, dv, delta_meta = new_rows(str(root), new, old)  # the rows score_version reads
+    table = MetadataTable(delta_meta, len(delta_ids))
     stored = baseline_store.list("pairs", active_only=True)
     rows = []
     t_search = time.perf_counter()
@@ -114,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         cand = table.candidates(SearchFilter(bbox=tuple(m.scope["bbox"])))
         scores = dv[cand] @ m.vector
         for r, sc in zip(cand[scores >= m.threshold].tolist(), scores[scores >= m.threshold].tolist()):
-            rows.append(dict(monitor_id=m.id, archive="pairs", row_id=archive.ids[new_rows[r]],
+            rows.append(dict(monitor_id=m.id, archive="pairs", row_id=delta_ids[r],
                              version=new, score=sc, rank=None, bbox=None, footprint=None,
                              acquired=None, acquired_t2=None))
     t_search = time.perf_counter() - t_search

@@ -148,13 +148,12 @@ def score_version(store: MonitorStore, target: str, root: str, version: str,
     against ``target``'s active monitors; store the alerts; mark the version scored."""
     t0 = time.perf_counter()
     ids, vectors, metadata = new_rows(root, version, previous)
-    new = np.arange(len(ids))
     stored = store.list(target, active_only=True)
     monitors = monitor_set_of(stored, vectors.shape[1])
     delta = delta_rows(vectors, metadata)
     hits = score_on_ray(monitors, delta, num_cpus=num_cpus) if use_ray else score_delta(monitors, delta)
     by_id = {m.id: m for m in stored}
-    missing = [None] * len(new)
+    missing = [None] * len(ids)
     bbox, footprint, t1, t2 = (metadata.get(k, missing) for k in ("bbox", "footprint", "acquired", "acquired_t2"))
     rows = []
     for r, j, score in zip(hits.rows.tolist(), hits.monitors.tolist(), hits.scores.tolist()):
@@ -167,7 +166,7 @@ def score_version(store: MonitorStore, target: str, root: str, version: str,
             footprint=footprint[r], acquired=_iso(t1[r]), acquired_t2=_iso(t2[r])))
     added = store.add_alerts(rows)
     seconds = time.perf_counter() - t0
-    store.mark_scored(target, version, len(new), len(added), seconds)
+    store.mark_scored(target, version, len(ids), len(added), seconds)
     log.info("monitors: %s %s: %d new rows x %d monitors -> %d hits, %d new alerts (%.2f s)",
-             target, version, len(new), len(monitors), len(hits), len(added), seconds)
-    return ScoreResult(version, len(new), len(monitors), len(hits), len(added), seconds)
+             target, version, len(ids), len(monitors), len(hits), len(added), seconds)
+    return ScoreResult(version, len(ids), len(monitors), len(hits), len(added), seconds)
