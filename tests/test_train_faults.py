@@ -3,11 +3,12 @@
 1. Two workers on a 3-node local cluster land on different nodes; SIGKILL of rank 1
    mid-run: the group restarts from the last checkpoint and the run completes with every
    epoch in ``metrics.jsonl`` exactly once.
-2. Fitting again into the same run directory with more epochs continues the epoch count
+2. Fitting again into that run directory with one more epoch continues the epoch count
    instead of retraining the first epochs.
 
 Both scenarios run one after the other in one subprocess, on one 3-node cluster
-(``ray.cluster_utils.Cluster`` cannot share a process with the session's ``ray.init``).
+(``ray.cluster_utils.Cluster`` cannot share a process with the session's ``ray.init``); the
+second continues the first's run (one fit fewer to start).
 
 Each worker start is read from ``<run_dir>/workers/<rank>.jsonl`` (pid, node id, the epoch
 it started from), which ``rsir.train.loop`` appends to.
@@ -160,30 +161,32 @@ def _scenario_kill(world: Path, run_dir: Path, nodes: list) -> dict:
     watcher.start()
     result = fit(cfg, run_dir)
     watcher.join(timeout=5)
-    return {"killed": killed, "history_epochs": [h["epoch"] for h in result.history],
+    # The run directory as this fit left it: the resume scenario goes on writing to it.
+    return {"killed": killed, "history": result.history,
             "model": {"path": str(result.checkpoint),
                       "epoch": torch.load(result.checkpoint, weights_only=True)["epoch"]},
-            "nodes": [n.node_id for n in nodes],
-            "ranks": {r: _starts(run_dir, r)[0]["node_id"] for r in (0, 1)}}
+            "nodes": [n.node_id for n in nodes], "epochs": _epochs(run_dir),
+            "starts": {r: _starts(run_dir, r) for r in (0, 1)},
+            "checkpoints": _checkpoint_mtimes(run_dir)}
+
+
+def _checkpoint_mtimes(run_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(run_dir.glob("checkpoint_epoch_*"))}
 
 
 def _scenario_resume(world: Path, run_dir: Path, nodes: list) -> dict:
-    """fit 1 epoch, then fit again into the same run directory with 2."""
-    from rsir.train.trainer import fit
-
-    base = ["train.max_failures=0", "scaling.num_workers=2", "scaling.cpus_per_worker=1"]
-    first = fit(_cfg(world, "train.epochs=1", *base), run_dir)
-    ckpt0 = run_dir / "checkpoint_epoch_0000" / "checkpoint.pt"
-    mtime0 = ckpt0.stat().st_mtime_ns if ckpt0.exists() else None
-    second = fit(_cfg(world, "train.epochs=2", *base), run_dir)
+    """fit the kill scenario's run again into its directory with one more epoch."""
     import torch
 
-    selected = {"path": str(second.checkpoint),
-                "epoch": torch.load(second.checkpoint, weights_only=True)["epoch"]}
-    return {"first": first.history, "second": second.history, "ckpt0_mtime": mtime0,
-            "selected": selected,
-            "ckpt0_mtime_after": ckpt0.stat().st_mtime_ns if ckpt0.exists() else None,
-            "checkpoints": sorted(p.name for p in run_dir.glob("checkpoint_epoch_*"))}
+    from rsir.train.trainer import fit
+
+    result = fit(_cfg(world, f"train.epochs={KILL_EPOCHS + 1}", "train.max_failures=0",
+                      "scaling.num_workers=2", "scaling.cpus_per_worker=1"), run_dir)
+    return {"history": result.history,
+            "selected": {"path": str(result.checkpoint),
+                         "epoch": torch.load(result.checkpoint, weights_only=True)["epoch"]},
+            "starts": {r: _starts(run_dir, r) for r in (0, 1)},
+            "checkpoints": _checkpoint_mtimes(run_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -200,44 +203,46 @@ def scenarios(world, tmp_path_factory) -> tuple[dict, Path]:
 def test_two_nodes_and_a_killed_worker_resumes_from_last_checkpoint(scenarios):
     results, root = scenarios
     out, run_dir = results["kill"], root / "kill"
+    starts = {int(r): s for r, s in out["starts"].items()}
     # The group trained across two nodes of the cluster.
-    node0, node1 = out["ranks"]["0"], out["ranks"]["1"]
+    node0, node1 = starts[0][0]["node_id"], starts[1][0]["node_id"]
     assert node0 != node1
     assert {node0, node1} <= set(out["nodes"])
     killed = out["killed"]
     assert killed, "the watcher never saw epoch 1's checkpoint"
     assert max(killed["done_epochs"]) < KILL_EPOCHS - 1, "the run ended before the kill"
     # Completed, each epoch once.
-    assert out["history_epochs"] == list(range(KILL_EPOCHS))
-    assert _epochs(run_dir) == list(range(KILL_EPOCHS))
+    assert [h["epoch"] for h in out["history"]] == list(range(KILL_EPOCHS))
+    assert out["epochs"] == list(range(KILL_EPOCHS))
     assert out["model"] == {"path": str(run_dir / "last.pt"), "epoch": KILL_EPOCHS - 1}
     # Rank 1 started twice: fresh, then after the group restart, from a checkpoint.
-    s1 = _starts(run_dir, 1)
+    s1 = starts[1]
     assert len(s1) == 2 and s1[0]["start_epoch"] == 0 and s1[0]["pid"] == killed["pid"]
     assert s1[1]["pid"] != killed["pid"]
     # The restart resumes after the newest registered checkpoint: the one seen at the kill
     # or a later one (registered after the watcher looked), never past the last epoch run.
     resumed = s1[1]["start_epoch"]
     assert killed["committed"] + 1 <= resumed <= max(killed["done_epochs"]) + 1, (resumed, killed)
-    assert [s["start_epoch"] for s in _starts(run_dir, 0)] == [0, resumed]
+    assert [s["start_epoch"] for s in starts[0]] == [0, resumed]
 
 
 def test_fit_again_continues_epoch_count(scenarios):
     results, root = scenarios
-    out, run_dir = results["resume"], root / "resume"
-    assert [h["epoch"] for h in out["first"]] == [0]
-    assert [h["epoch"] for h in out["second"]] == [0, 1]
-    # Epoch 0 was not trained again: the same record (loss, timings), every worker's second
-    # start is at epoch 1, and epoch 0's checkpoint was never rewritten.
-    assert out["second"][:1] == out["first"]
-    for rank in (0, 1):
-        assert [s["start_epoch"] for s in _starts(run_dir, rank)] == [0, 1]
-    assert out["ckpt0_mtime"] is not None
-    assert out["ckpt0_mtime_after"] in (None, out["ckpt0_mtime"])  # aged out or untouched
+    kill, out, run_dir = results["kill"], results["resume"], root / "kill"
+    assert [h["epoch"] for h in out["history"]] == list(range(KILL_EPOCHS + 1))
+    # The first epochs were not trained again: the same records (loss, timings), every
+    # worker's new start is at the new epoch, and the kept checkpoint was not rewritten.
+    assert out["history"][:KILL_EPOCHS] == kill["history"]
+    for rank in ("0", "1"):
+        new = out["starts"][rank][len(kill["starts"][rank]):]
+        assert [s["start_epoch"] for s in new] == [KILL_EPOCHS]
+    before, after = kill["checkpoints"], out["checkpoints"]
+    last_before = f"checkpoint_epoch_{KILL_EPOCHS - 1:04d}"
     # keep_checkpoints=2 keeps the 2 newest, to resume from.
-    assert out["checkpoints"] == ["checkpoint_epoch_0000", "checkpoint_epoch_0001"]
-    # the model the run hands on (train.select: last) is epoch 1's, rewritten by the resumed fit
-    assert out["selected"] == {"path": str(run_dir / "last.pt"), "epoch": 1}
+    assert list(after) == [last_before, f"checkpoint_epoch_{KILL_EPOCHS:04d}"]
+    assert after[last_before] == before[last_before]
+    # the model the run hands on (train.select: last) is the new epoch's, rewritten by the resumed fit
+    assert out["selected"] == {"path": str(run_dir / "last.pt"), "epoch": KILL_EPOCHS}
 
 
 SCENARIOS = {"kill": _scenario_kill, "resume": _scenario_resume}
@@ -250,7 +255,8 @@ if __name__ == "__main__" and len(sys.argv) == 3:
         # ranks are on two nodes, and the third node's CPU runs Ray Data.
         _, cluster_nodes = _cluster(3, 1)
         root = Path(sys.argv[2]).resolve()
-        result = {name: run(Path(sys.argv[1]), root / name, cluster_nodes)
+        # Both scenarios write to one run directory, the second continuing the first.
+        result = {name: run(Path(sys.argv[1]), root / "kill", cluster_nodes)
                   for name, run in SCENARIOS.items()}
         print("RESULT " + json.dumps(result), flush=True)
     finally:

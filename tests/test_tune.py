@@ -120,14 +120,15 @@ def test_interrupted_campaign_resumes(ray_session, tmp_path):
 @pytest.mark.slow
 def test_train_campaign_asha(ray_session, tmp_path):
     # Two concurrent trials hold 2 x (0.01 + 0.25) CPU, leaving a whole CPU for the Ray
-    # Data read tasks; at 0.5 CPU per worker the reads could never be scheduled.
+    # Data read tasks; at 0.5 CPU per worker the reads could never be scheduled. One
+    # caption a scene per epoch (data.captions=one_random): ASHA needs epochs, not rows.
     from rsir.data.demo_world import generate
 
     generate(tmp_path / "world", 200, 0, seed=0)
     cfg = load_tune_config("configs/tune_train.yaml", [
         f"recipe_overrides=[data.shards={tmp_path / 'world' / 'single'}, scaling.num_workers=1,"
         " scaling.cpus_per_worker=0.25, train.epochs=3, data.batch_size=32,"
-        " model.embed_dim=32, optim.warmup_epochs=0]",
+        " model.embed_dim=32, optim.warmup_epochs=0, data.captions=one_random]",
         "num_samples=4", "scheduler.max_t=3", "scheduler.grace_period=1",
         "searcher.name=random", "max_concurrent_trials=2"])
     t0 = time.perf_counter()
