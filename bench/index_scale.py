@@ -14,7 +14,11 @@ Reported, each against a baseline measured in the same run:
   and the same exact re-scoring (IndexRefineFlat), queries one at a time;
 - filtered queries: a lon/lat box holding ~1% of the archive, recall@10 against exact
   filtered search;
-- the searcher process's memory: anonymous (heap) RSS against the index's bytes.
+- the searcher process's memory: anonymous (heap) RSS against the index's bytes;
+- a search shard's part (``--shards``): the vectors published as an archive version with
+  its index and as one without, and the anonymous RSS of loading shard 0's part of each
+  (rsir.serve.archives.load_part, each in a fresh process, plus one top-k and one stats
+  query) against the bytes of the index pieces that shard opens.
 
 Run: ``PYTHONPATH=platform python bench/index_scale.py [--n 10000000]`` (10M needs ~8 GB of
 disk and ~1 h on 2 cores; ``--n 1000000`` takes minutes).
@@ -126,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--reuse", action="store_true", help="search the index already in --work")
+    p.add_argument("--shards", type=int, default=2, help="search shards of the part measured")
     args = p.parse_args(argv)
     import faiss
 
@@ -223,14 +228,92 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[memory] searcher (open + {3 * len(queries)} queries): heap +{anon / 1e6:,.1f} MB "
           f"(index {meta['bytes'] / 1e6:,.1f} MB; heap/index {anon / meta['bytes']:.2f}); file-backed "
           f"pages resident {after['RssFile'] / 1e6:,.0f} MB (page cache, evictable)")
+    parts = shard_part_memory(work, vec_path, lonlat, opts, args.shards)
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        Path(args.json).write_text(json.dumps({"shard_part": parts,
             "n": args.n, "key": meta["key"], "build_s": built["seconds"], "peak_heap": built["peak_heap"],
             "bytes_per_vector": meta["bytes_per_vector"], "recall@10": r, "baseline_recall@10": r_b,
             "rsir": ours, "faiss_one_process": theirs, "filtered_exact_recall@10": r_f,
             "filtered_ann_recall@10": r_fa, "filter_rows": int(len(allow)), "heap_bytes": anon,
             "index_bytes": meta["bytes"]}, indent=2))
     return 0
+
+
+# A fresh process loads shard ``shard`` of ``shards`` of one version and answers a top-k and
+# a stats query (the raw-vector path): its anonymous RSS before and after, as JSON; with a
+# 5th argument only the part's ids and metadata (what either path holds beside vectors).
+_PART_PROBE = """
+import json, sys
+import numpy as np
+from rsir.retrieval.archive import load_archive_rows
+from rsir.retrieval.filters import MetadataTable
+from rsir.serve.archives import load_part
+from rsir.serve.search import Query, answer
+import faiss, pyarrow.parquet  # noqa: F401 - imports before the baseline
+def anon():
+    line = next(x for x in open("/proc/self/status") if x.startswith("RssAnon"))
+    return int(line.split()[1]) * 1024
+root, version, shard, shards = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+before = anon()
+if len(sys.argv) > 5:
+    start, stop = int(sys.argv[5]), int(sys.argv[6])
+    a = load_archive_rows(root, version, start, stop, vectors=False)
+    MetadataTable(a.metadata, len(a))
+    print(json.dumps({"rows": len(a), "load_anon": anon() - before}))
+    sys.exit()
+part = load_part(root, version, shard, shards)
+loaded = anon()
+class Held:
+    def get(self, target, v):
+        return part
+q = np.asarray(part.vectors[np.arange(4)], np.float32)
+answer(Held(), [Query("top_k", "images", version, k=10, q=q[0]),
+                Query("stats", "images", version, qi=q[1], qt=q[2])], 65536)
+print(json.dumps({"rows": len(part.ids), "load_anon": loaded - before,
+                  "query_anon": anon() - before}))
+"""
+
+
+def shard_part_memory(work: Path, vec_path: Path, lonlat: np.ndarray, opts: BuildOptions,
+                      shards: int) -> dict:
+    """Shard 0's part of the vectors as an indexed archive version and as an unindexed one:
+    anonymous RSS of each load (fresh processes) against the index bytes the shard opens."""
+    import os
+    import subprocess
+    import sys
+
+    from rsir.retrieval.archive import publish_archive
+    from rsir.retrieval.index import build_version_index, piece_bounds, shard_span, version_index_dir
+
+    x = np.load(vec_path, mmap_mode="r")
+    ids = [f"r{i}" for i in range(len(x))]
+    meta = {"bbox": [[float(a), float(b), float(a) + 0.01, float(b) + 0.01] for a, b in
+                     np.clip(lonlat, -89, 89)]}
+    indexed = publish_archive(work / "archive-indexed", ids, x, {"model": "bench"}, meta, current=False)
+    index_meta = build_version_index(work / "archive-indexed", indexed, opts)
+    plain = publish_archive(work / "archive-plain", ids, x, {"model": "bench"}, meta)
+    start, stop = shard_span(piece_bounds(work / "archive-indexed", indexed), 0, shards)
+    pieces = sorted(version_index_dir(work / "archive-indexed", indexed).glob("piece-*.faiss"))
+    bounds = np.cumsum([0, *(pc["rows"] for pc in index_meta["pieces"])])
+    opened = sum(f.stat().st_size for f, a in zip(pieces, bounds) if start <= a < stop)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "platform")}
+
+    def probe(root: Path, version: str, *rows: int) -> dict:
+        out = subprocess.run([sys.executable, "-c", _PART_PROBE, str(root), version, "0", str(shards),
+                              *map(str, rows)], env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    ann, exact = probe(work / "archive-indexed", indexed), probe(work / "archive-plain", plain)
+    rows_only = probe(work / "archive-indexed", indexed, start, stop)  # no tombstones: live = global
+    raw = ann["rows"] * DIM * 4
+    print(f"[shard part] shard 0 of {shards}, {ann['rows']:,} rows ({index_meta['key']}, pieces "
+          f"[{start}, {stop})): indexed load heap +{ann['load_anon'] / 1e6:,.1f} MB (+{ann['query_anon'] / 1e6:,.1f}"
+          f" MB after a top-k and a stats query), of which ids and metadata alone "
+          f"+{rows_only['load_anon'] / 1e6:,.1f} MB, vs its index pieces {opened / 1e6:,.1f} MB; unindexed "
+          f"load +{exact['load_anon'] / 1e6:,.1f} MB (+{exact['query_anon'] / 1e6:,.1f} MB; its float32 "
+          f"rows {raw / 1e6:,.1f} MB)")
+    return {"indexed": ann, "unindexed": exact, "ids_and_metadata": rows_only, "index_piece_bytes": opened,
+            "raw_bytes": raw, "key": index_meta["key"]}
 
 
 if __name__ == "__main__":

@@ -548,6 +548,28 @@ def test_hot_swap_under_traffic(server):
     assert info["version"] == new and info["count"] == 17
 
 
+def test_indexed_archive_is_served_by_its_shards_as_the_unindexed_one(server):
+    """The images archive copied into a version with a (Flat, 4-piece) index: the 2 shards
+    open their pieces memory-mapped instead of loading vectors, and answer the same ids."""
+    from rsir.retrieval.archive import current_version, load_archive, publish_archive, set_current
+    from rsir.retrieval.index import BuildOptions, build_version_index
+
+    root, text = server["fx"]["roots"]["images"], server["fx"]["texts"][1]
+    body = {"kind": "text", "text": text, "k": 6}
+    before = post(server, body).json()
+    a = load_archive(root, current_version(root))
+    new = publish_archive(root, a.ids, a.vectors, {"model": "dual_encoder", "kind": "image"},
+                          a.metadata, current=False)
+    build_version_index(root, new, BuildOptions(key="Flat", pieces=4, eval_queries=8))
+    set_current(root, new)
+    deadline = time.time() + 15
+    while time.time() < deadline and (after := post(server, body).json())["version"] != new:
+        time.sleep(0.1)
+    assert after["version"] == new and after["missing_shards"] == []
+    assert after["ids"] == before["ids"]
+    np.testing.assert_allclose(after["scores"], before["scores"], rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------
 # Search page in headless Chromium
 # ---------------------------------------------------------------------------------------

@@ -296,10 +296,11 @@ def compact_archive(root: str | Path, version: str | None = None, batch_rows: in
 
 
 def load_archive_rows(root: str | Path, version: str, start: int, end: int,
-                      columns: list[str] | None = None) -> Archive:
+                      columns: list[str] | None = None, vectors: bool = True) -> Archive:
     """Live rows ``[start, end)`` of a version (a search shard's block), reading only the
     Parquet row groups of its segments that hold them, tombstoned rows left out;
-    ``columns``: the metadata columns to keep (all when None)."""
+    ``columns``: the metadata columns to keep (all when None); ``vectors`` False leaves the
+    embeddings unread (``vectors`` [n, 0]: an indexed shard reads them from its index)."""
     root = Path(root)
     manifest = read_manifest(root, version)
     deleted = read_deleted(root, version)
@@ -308,13 +309,14 @@ def load_archive_rows(root: str | Path, version: str, start: int, end: int,
     g_start = start + int(np.searchsorted(shift, start, side="right"))
     g_end = (end - 1 + int(np.searchsorted(shift, end - 1, side="right")) + 1) if end > start else g_start
     names = None
+    vector_cols = ["embedding"] if vectors else []
     pieces = []
     for seg, offset, rows in segment_offsets(manifest):
         if rows == 0 or offset >= g_end or offset + rows <= g_start:
             continue
         f = pq.ParquetFile(root / seg / EMBEDDINGS_FILE)
-        names = names or ["id", "embedding", *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
-                                               and (columns is None or c in columns))]
+        names = names or ["id", *vector_cols, *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
+                                                and (columns is None or c in columns))]
         first = offset
         for rg in range(f.num_row_groups):
             n = f.metadata.row_group(rg).num_rows
@@ -330,13 +332,15 @@ def load_archive_rows(root: str | Path, version: str, start: int, end: int,
             first += n
     if not pieces:  # an empty block: the first segment's schema, no rows
         f = pq.ParquetFile(root / segment_offsets(manifest)[0][0] / EMBEDDINGS_FILE)
-        names = names or ["id", "embedding", *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
-                                               and (columns is None or c in columns))]
+        names = names or ["id", *vector_cols, *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
+                                                and (columns is None or c in columns))]
         pieces = [f.schema_arrow.empty_table().select(names)]
     table = pa.concat_tables(pieces, promote_options="default")
-    dim = manifest["dim"]
-    emb = table.column("embedding").combine_chunks()
-    vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), dim)
-    return Archive(version=version, ids=table.column("id").to_pylist(),
-                   vectors=np.array(vectors, dtype=np.float32), manifest=manifest,
-                   metadata={name: table.column(name).to_pylist() for name in names[2:]})
+    if vectors:
+        emb = table.column("embedding").combine_chunks()
+        matrix = np.array(emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), manifest["dim"]),
+                          dtype=np.float32)
+    else:
+        matrix = np.zeros((len(table), 0), np.float32)
+    return Archive(version=version, ids=table.column("id").to_pylist(), vectors=matrix, manifest=manifest,
+                   metadata={name: table.column(name).to_pylist() for name in names[1 + len(vector_cols):]})

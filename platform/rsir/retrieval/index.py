@@ -21,6 +21,10 @@ piece's codes plus one chunk) by whichever worker builds it, and read back with
 (appended segments) reuse the base's ``trained.faiss`` and add one more piece;
 :class:`IndexSearcher` searches every piece, skips tombstoned rows with an ID selector
 inside the search (so k live results come back), and merges the per-piece top-k.
+
+A search shard of an indexed version opens a contiguous group of whole pieces
+(:func:`shard_span`, an :class:`IndexSearcher` with ``span``) and reads its rows' raw
+vectors from them (:class:`PieceVectors`), so its heap does not grow with the archive.
 """
 
 from __future__ import annotations
@@ -514,11 +518,15 @@ class IndexSearcher:
     rows are excluded inside the search by an ID selector, so each query still gets k live
     results when k exist. ``allow`` (live positions) restricts a search to those rows:
     exact over their raw vectors up to ``exact_max`` of them, else the ANN with a selector.
+
+    ``span`` (global ``[start, stop)``, on piece boundaries: :func:`shard_span`) keeps only
+    the pieces inside it, the rest not even opened; positions are then counted from the
+    span's first row (a search shard's block, its rows local to the shard).
     """
 
     def __init__(self, segments: Sequence[SegmentIndex], deleted: np.ndarray | None = None,
                  ids: Sequence[Any] | None = None, nprobe: int | None = None, mmap: bool = True,
-                 exact_max: int = 200_000) -> None:
+                 exact_max: int = 200_000, span: tuple[int, int] | None = None) -> None:
         # (faiss index, global offset of its row 0, raw vectors memory-mapped or None)
         self.pieces: list[tuple[Any, int, np.ndarray | None]] = []
         self.key = None
@@ -535,15 +543,22 @@ class IndexSearcher:
             offset = seg.offset
             self.refine = meta.get("refine", 0)
             for piece in meta["pieces"]:
-                if piece["rows"]:
+                stop = offset + piece["rows"]
+                if span is not None and offset < span[1] and stop > span[0] and \
+                        not span[0] <= offset <= stop <= span[1]:
+                    raise ValueError(f"{seg.index_dir}: {piece['file']} (rows [{offset}, {stop})) "
+                                     f"straddles the span {span}; take spans from shard_span")
+                if piece["rows"] and (span is None or span[0] <= offset < span[1]):
                     path = seg.index_dir / piece["file"]
                     store = np.load(refine_path(path), mmap_mode="r") if self.refine else None
-                    self.pieces.append((read_index(path, self.key, mmap), offset, store))
-                offset += piece["rows"]
+                    self.pieces.append((read_index(path, self.key, mmap), offset - (span or (0,))[0], store))
+                offset = stop
         if not segments:
             raise ValueError("no index segments to search")
         self.total = sum(p.ntotal for p, _, _ in self.pieces)
         self.deleted = np.unique(np.asarray(deleted if deleted is not None else [], dtype=np.int64))
+        if span is not None:  # the span's tombstones, counted from its first row
+            self.deleted = self.deleted[(self.deleted >= span[0]) & (self.deleted < span[1])] - span[0]
         self._ids = None if ids is None else np.asarray(ids)
         self._kind = IndexKey.parse(self.key).kind
         self.nlist = IndexKey.parse(self.key).nlist
@@ -638,6 +653,84 @@ class IndexSearcher:
         return scores, live.astype(np.int64)
 
 
+class RawVectorsMissing(ValueError):
+    """An op needs raw vectors that the index does not keep (PQ built with refine 0)."""
+
+
+class PieceVectors:
+    """The raw vectors of an :class:`IndexSearcher`'s live rows, read from its pieces where
+    they already lie memory-mapped: a PQ piece's refinement ``.npy``, a Flat piece's codes,
+    an IVF-Flat piece's inverted lists (through a direct map: 8 bytes of heap a row). Rows
+    are gathered a request's worth at a time (``vectors[rows]``, ``vectors @ x`` chunk by
+    chunk); nothing holds the whole matrix. A PQ index built with ``refine`` 0 keeps no raw
+    vectors: :attr:`missing` says so and reading raises it (:class:`RawVectorsMissing`)."""
+
+    def __init__(self, searcher: IndexSearcher, chunk_rows: int = 8192) -> None:
+        self.searcher, self.chunk_rows = searcher, chunk_rows
+        self.shape = (len(searcher), searcher.dim)
+        self.dtype = np.dtype(np.float32)
+        self.offsets = np.asarray([offset for _, offset, _ in searcher.pieces], np.int64)
+        self.stores = [_raw_store(index, store, searcher._kind) for index, _, store in searcher.pieces]
+        self.missing = None
+        if searcher._kind == "ivf_pq" and not searcher.refine:
+            self.missing = (f"index {searcher.key} was built with index.refine 0 and keeps no raw "
+                            f"vectors (composed, stats, rerank and exact filtered search need "
+                            f"them); rebuild it with index.refine > 0 (`rsir index`)")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        """Vectors [len(rows), D] of live positions ``rows`` (an int array or a slice)."""
+        if self.missing:
+            raise RawVectorsMissing(self.missing)
+        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows, np.int64)
+        out = np.empty((len(rows), self.shape[1]), np.float32)
+        rows_global = self.searcher.to_global(rows)
+        piece = np.searchsorted(self.offsets, rows_global, side="right") - 1
+        for p in np.unique(piece):
+            at = np.flatnonzero(piece == p)
+            out[at] = self.stores[p](rows_global[at] - self.offsets[p])
+        return out
+
+    def __matmul__(self, other: np.ndarray) -> np.ndarray:
+        """``vectors @ other`` ([n] or [n, c]), reading ``chunk_rows`` rows at a time."""
+        other = np.asarray(other, np.float32)
+        out = np.empty((len(self), *other.shape[1:]), np.float32)
+        for start in range(0, len(self), self.chunk_rows):
+            stop = min(start + self.chunk_rows, len(self))
+            out[start:stop] = self[start:stop] @ other
+        return out
+
+
+def _raw_store(index: Any, store: np.ndarray | None, kind: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A piece's raw vectors by local row, ``rows -> [len(rows), D]`` (None: PQ codes only)."""
+    import faiss
+
+    if store is not None:
+        return lambda rows: np.asarray(store[rows])
+    if kind == "flat":  # the codes are the vectors, in the mapped file
+        codes = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+        return lambda rows: codes[rows]
+    if kind == "ivf_flat":
+        ivf = faiss.downcast_index(ivf_of(index))
+        ivf.make_direct_map()
+        return lambda rows: ivf.reconstruct_batch(np.asarray(rows, np.int64))
+    return None
+
+
+class IndexCandidates:
+    """A :class:`rsir.retrieval.filters.CandidateSearcher` over an :class:`IndexSearcher`:
+    ``rows`` (live positions) become its ``allow``."""
+
+    def __init__(self, searcher: IndexSearcher) -> None:
+        self.searcher = searcher
+
+    def search(self, queries: np.ndarray, k: int,
+               rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        return self.searcher.search(queries, k, allow=rows)
+
+
 # ---------------------------------------------------------------------------------------
 # Indexes of archive versions (rsir.retrieval.archive layout)
 # ---------------------------------------------------------------------------------------
@@ -697,10 +790,38 @@ class _PieceTask:
         return _ReaderTask(self.reader)(task)
 
 
+def piece_bounds(root: str | Path, version: str) -> list[int]:
+    """The global row positions where ``version``'s index pieces start, and its end: every
+    segment's pieces in order (a base's, then each delta's)."""
+    from rsir.retrieval.archive import read_manifest, segment_offsets
+
+    bounds = [0]
+    for seg, offset, rows in segment_offsets(read_manifest(root, version)):
+        if rows:
+            meta = json.loads((version_index_dir(root, seg) / INDEX_META).read_text(encoding="utf-8"))
+            bounds += list(offset + np.cumsum([p["rows"] for p in meta["pieces"]]))
+    return [int(b) for b in bounds]
+
+
+def shard_span(bounds: Sequence[int], shard: int, shards: int) -> tuple[int, int]:
+    """Global ``[start, stop)`` of shard ``shard`` of ``shards`` of an indexed version:
+    :func:`rsir.retrieval.shards.shard_range` of its rows (tombstones included), each end
+    moved to the nearest piece boundary (``bounds``: :func:`piece_bounds`), so a shard
+    opens whole pieces. The spans are contiguous and cover the version; with more shards
+    than pieces some are empty."""
+    from rsir.retrieval.shards import shard_range
+
+    b = np.asarray(bounds, np.int64)
+    start, stop = shard_range(int(b[-1]), shard, shards)
+    return int(b[np.abs(b - start).argmin()]), int(b[np.abs(b - stop).argmin()])
+
+
 def open_searcher(root: str | Path, version: str | None = None, nprobe: int | None = None,
-                  ids: Sequence[Any] | None = None, mmap: bool = True) -> IndexSearcher:
+                  ids: Sequence[Any] | None = None, mmap: bool = True,
+                  span: tuple[int, int] | None = None) -> IndexSearcher:
     """An :class:`IndexSearcher` over every segment of ``version`` (default: current) with
-    its tombstones; raises ``FileNotFoundError`` naming a segment without an index."""
+    its tombstones (``span``: over those pieces only); raises ``FileNotFoundError`` naming
+    a segment without an index."""
     from rsir.retrieval.archive import current_version, read_deleted, read_manifest, segment_offsets
 
     root = Path(root)
@@ -714,7 +835,8 @@ def open_searcher(root: str | Path, version: str | None = None, nprobe: int | No
             raise FileNotFoundError(f"{root}: segment {seg} of version {version} has no index "
                                     f"(missing {d / INDEX_META}); run `rsir index` on it")
         segments.append(SegmentIndex(d, offset))
-    return IndexSearcher(segments, read_deleted(root, version), ids=ids, nprobe=nprobe, mmap=mmap)
+    return IndexSearcher(segments, read_deleted(root, version), ids=ids, nprobe=nprobe, mmap=mmap,
+                         span=span)
 
 
 class AutoIndexSearcher(IndexSearcher):

@@ -1,7 +1,8 @@
 """The archive versions replicas hold, and the poller that picks up a new ``CURRENT``.
 
 A search shard holds, per target, its block of rows of the last two versions it loaded
-(:class:`ShardParts`): vectors, ids and the metadata table its filters run on. The
+(:class:`ShardParts`): vectors (in its heap, or for an indexed version its index pieces
+memory-mapped), ids and the metadata table its filters run on. The
 ingress holds no vectors: per target the version it serves, its manifest (rows, dim,
 model) and, for the captions archive, each image's captions (text only), which image
 results show (:class:`VersionIndex`).
@@ -20,27 +21,52 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Part:
-    """Shard ``shard``'s rows ``[start, start + len(ids))`` of one archive version."""
+    """Shard ``shard``'s live rows ``[start, start + len(ids))`` of one archive version.
+
+    Unindexed: ``vectors`` is the rows' float32 matrix in the heap and search is exact.
+    Indexed: ``ann`` is the index over the shard's own pieces, memory-mapped, and
+    ``vectors`` the rows' raw vectors read from those pieces
+    (rsir.retrieval.index.PieceVectors), nothing copied beyond a request's rows."""
 
     version: str
     start: int
     ids: list[str]
-    vectors: np.ndarray  # [n, D] float32, writable
+    vectors: Any  # [n, D] float32: np.ndarray, or PieceVectors when indexed
     metadata: dict[str, list[Any]]
     table: Any  # rsir.retrieval.filters.MetadataTable
     dim: int
+    ann: Any = None  # rsir.retrieval.filters.CandidateSearcher
+
+    def exact_max(self, configured: int) -> int:
+        """Candidates up to which a filtered query is scored exactly: ``configured``, or
+        none where the index keeps no raw vectors (its ID selector then)."""
+        return -1 if getattr(self.vectors, "missing", None) else configured
 
 
 def load_part(root: str, version: str, shard: int, shards: int) -> Part:
-    from rsir.retrieval.archive import load_archive_rows, read_manifest
+    """Shard ``shard`` of ``shards``'s block of ``version``. An indexed version's block is
+    whole index pieces (rsir.retrieval.index.shard_span), an unindexed one's
+    ``shard_range`` of its live rows; either way the shards' blocks are contiguous and
+    partition the live rows, which is all the ingress's merge assumes."""
+    from rsir.retrieval.archive import load_archive_rows, read_deleted, read_manifest
     from rsir.retrieval.filters import MetadataTable
+    from rsir.retrieval.index import IndexCandidates, PieceVectors, has_index, open_searcher, piece_bounds, shard_span
     from rsir.retrieval.shards import shard_range
 
-    rows = int(read_manifest(root, version)["rows"])
-    start, end = shard_range(rows, shard, shards)
-    a = load_archive_rows(root, version, start, end)
-    return Part(version, start, a.ids, a.vectors, a.metadata, MetadataTable(a.metadata, len(a)),
-                int(a.manifest["dim"]))
+    manifest = read_manifest(root, version)
+    dim = int(manifest["dim"])
+    if not has_index(root, version):
+        start, end = shard_range(int(manifest["rows"]), shard, shards)
+        a = load_archive_rows(root, version, start, end)
+        return Part(version, start, a.ids, a.vectors, a.metadata, MetadataTable(a.metadata, len(a)), dim)
+    span = shard_span(piece_bounds(root, version), shard, shards)
+    deleted = read_deleted(root, version)
+    # The span's live rows: its global ends less the tombstones before each.
+    start, end = (int(g - np.searchsorted(deleted, g)) for g in span)
+    searcher = open_searcher(root, version, span=span)
+    a = load_archive_rows(root, version, start, end, vectors=False)
+    return Part(version, start, a.ids, PieceVectors(searcher), a.metadata,
+                MetadataTable(a.metadata, len(a)), dim, IndexCandidates(searcher))
 
 
 class ShardParts:

@@ -211,6 +211,9 @@ class Ingress:
         if len(missing) == len(self.shards):
             raise ApiError(503, "shards", f"no search shard answered (shards {missing}); "
                            "they are being restarted, retry shortly")
+        errors = [a["error"] for a in answers if a is not None and "error" in a]
+        if errors:  # the archive's index cannot answer this op (PieceVectors.missing)
+            raise ApiError(409, "target", errors[0])
         return [[a["results"][j] for a in answers if a is not None]
                 for j in range(len(queries))], missing
 

@@ -120,9 +120,10 @@ def answer(parts: ShardParts, queries: list[Query], exact_max: int) -> list[Any]
     for (target, version, flt), idx in groups.items():
         part = parts.get(target, version)
         kmax = max(queries[i].k for i in idx)
-        # The seam to an ANN index: its CandidateSearcher goes in as ``ann``; exact for now.
+        # An indexed part searches its ANN; few filter candidates are scored exactly.
         s, r = filtered_top_k(part.vectors, np.stack([queries[i].q for i in idx]), kmax,
-                              part.table.candidates(flt), ann=None, exact_max=exact_max)
+                              part.table.candidates(flt), ann=part.ann,
+                              exact_max=part.exact_max(exact_max))
         for j, i in enumerate(idx):
             k = queries[i].k
             out[i] = _hits(part, target, s[j, :k], r[j, :k], queries[i].with_vectors)

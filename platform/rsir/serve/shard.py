@@ -22,8 +22,13 @@ class SearchShard:
         self._poller = Poller(self.parts.poll_once, poll_interval_s, f"shard-{shard}-poller")
 
     async def search(self, queries: list[Query]) -> dict[str, Any]:
+        from rsir.retrieval.index import RawVectorsMissing
+
         # In a thread: the replica's event loop keeps taking requests and health checks.
-        results = await asyncio.to_thread(answer, self.parts, queries, self.exact_max)
+        try:
+            results = await asyncio.to_thread(answer, self.parts, queries, self.exact_max)
+        except RawVectorsMissing as err:  # the archive's, not the shard's: the client hears it
+            return {"shard": self.shard, "error": str(err), "held": self.parts.held()}
         return {"shard": self.shard, "results": results, "held": self.parts.held()}
 
     async def held(self) -> dict[str, Any]:
