@@ -59,7 +59,12 @@ def load_part(root: str, version: str, shard: int, shards: int) -> Part:
         start, end = shard_range(int(manifest["rows"]), shard, shards)
         a = load_archive_rows(root, version, start, end)
         return Part(version, start, a.ids, a.vectors, a.metadata, MetadataTable(a.metadata, len(a)), dim)
-    span = shard_span(piece_bounds(root, version), shard, shards)
+    bounds = piece_bounds(root, version)
+    span = shard_span(bounds, shard, shards)
+    if span[0] == span[1] and bounds[-1] > 0:  # the others answer for its rows: say why it is idle
+        log.warning("shard %d of %d: %s version %s has %d index pieces, fewer than the shards, and "
+                    "this shard holds none; rebuild the index with index.pieces >= %d", shard, shards,
+                    root, version, len(bounds) - 1, shards)
     deleted = read_deleted(root, version)
     # The span's live rows: its global ends less the tombstones before each.
     start, end = (int(g - np.searchsorted(deleted, g)) for g in span)
