@@ -8,8 +8,9 @@
 #   docker build --build-arg RAY_IMAGE=rayproject/ray:2.60.0-py311 \
 #                -t rsir:<version>-dev .                    # CPU image (cpu-dev)
 #
-# Inside: rsir installed with its extras (text, ann, tune); the repository's jobs/ and
-# configs/ under /home/ray/rsir, which is also the working directory, so
+# Inside: rsir installed with its extras (postgres: the driver of a monitor store at a
+# postgresql+psycopg:// URL); the repository's jobs/ and configs/ under /home/ray/rsir,
+# which is also the working directory, so
 # `python jobs/<job>.py --config configs/<recipe>.yaml` runs as written.
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
 FROM ${RAY_IMAGE}
@@ -36,7 +37,7 @@ WORKDIR /home/ray/rsir
 # Dependencies and the package first (cached until pyproject.toml or platform/ change).
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users platform/ platform/
-RUN pip install ".[text,ann,geo,tune,detect,translate]" \
+RUN pip install ".[text,ann,geo,tune,detect,translate,postgres]" \
     && python -m rsir.setup_offline \
     && rm -rf build platform/*.egg-info
 

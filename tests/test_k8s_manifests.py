@@ -659,7 +659,7 @@ def test_dockerfile_follows_the_pins():
     install = re.search(r'pip install "\.\[([a-z,]+)\]"', text)
     assert install, "the Dockerfile must pip install the project with its extras"
     extras = set(install.group(1).split(","))
-    assert extras == {"text", "ann", "geo", "tune", "detect", "translate"}
+    assert extras == {"text", "ann", "geo", "tune", "detect", "translate", "postgres"}
     assert extras <= set(_pyproject()["project"]["optional-dependencies"])
     for src in ("pyproject.toml", "platform/", "jobs/", "configs/"):
         assert re.search(rf"^COPY\b.*\s{re.escape(src)}\s", text, flags=re.MULTILINE), src

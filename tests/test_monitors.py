@@ -1,9 +1,14 @@
 """Monitors: scoring new rows against standing queries (brute force), calibration, the
-SQL store (persistence, idempotence), and scoring a published version's new rows."""
+SQL store (persistence, idempotence), and scoring a published version's new rows.
+
+The store tests take their database from the ``db_url`` fixture: a SQLite file here;
+tests/test_monitor_store_postgres.py collects them again on a PostgreSQL server."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,24 +138,32 @@ def test_calibration_threshold_and_ranks_by_hand() -> None:
         calibrate(np.array([]), top=3)
 
 
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """The store tests' database: a SQLite file, by path (its folder made by the store)."""
+    return str(tmp_path / "state" / "monitors.db")
+
+
 def _alert(monitor_id: int, row: str) -> dict:
     return dict(monitor_id=monitor_id, archive="pairs", row_id=row, version="v2", score=0.5,
                 rank=None, bbox=None, footprint=None, acquired=None, acquired_t2=None)
 
 
-def test_store_persists_and_inserts_each_alert_once(tmp_path) -> None:
-    path = tmp_path / "state" / "monitors.db"
-    store = MonitorStore(path)
+def test_store_persists_and_inserts_each_alert_once(db_url: str) -> None:
+    store = MonitorStore(db_url)
     m = store.create(name="new-roads", target="pairs", definition={"kind": "text", "text": "a road"},
                      vector=np.arange(4), threshold=0.3, scope={"bbox": [0, 0, 1, 1]},
                      archive_version="v1", webhook="http://127.0.0.1:9/hook")
     with pytest.raises(KeyError, match="exists"):
         store.create(name="new-roads", target="pairs", definition={}, vector=np.zeros(4),
                      threshold=0.1, scope={}, archive_version="v1")
-    assert store.add_alerts([_alert(m.id, "a"), _alert(m.id, "b")]) == [1, 2]
-    assert store.add_alerts([_alert(m.id, "b"), _alert(m.id, "c")]) == [3]  # b exists
+    first = store.add_alerts([_alert(m.id, "a"), _alert(m.id, "b")])
+    second = store.add_alerts([_alert(m.id, "b"), _alert(m.id, "c")])  # b exists
+    # the ids returned are the new rows' (PostgreSQL's sequence skips the one b's conflict drew)
+    ids = {a["row_id"]: a["id"] for a in store.alerts()}
+    assert len(ids) == 3 and first == [ids["a"], ids["b"]] and second == [ids["c"]]
     store.set_paused("new-roads", True)
-    reopened = MonitorStore(path)  # a restarted endpoint
+    reopened = MonitorStore(db_url)  # a restarted endpoint
     again = reopened.get("new-roads")
     assert again.paused and again.vector.tolist() == [0, 1, 2, 3] and again.scope == {"bbox": [0, 0, 1, 1]}
     assert [a["row_id"] for a in reopened.alerts("new-roads")] == ["c", "b", "a"]
@@ -160,7 +173,77 @@ def test_store_persists_and_inserts_each_alert_once(tmp_path) -> None:
     assert reopened.alerts() == [] and reopened.due_deliveries() == []
 
 
-def test_score_version_scores_only_new_rows_once(tmp_path) -> None:
+def test_store_round_trips_monitors_and_deletes_their_alerts(db_url: str) -> None:
+    rng = np.random.default_rng(3)
+    vector, text = rng.standard_normal((2, 512)).astype(np.float32)
+    tiny, big = np.finfo(np.float32).smallest_subnormal, np.finfo(np.float32).max
+    vector[:4] = [1 / 3, -0.0, tiny, big]  # a rounded third, a signed zero, a subnormal, the largest
+    calibration = np.sort(rng.uniform(0.2, 0.6, 50).astype(np.float32))[::-1]
+    stats = [50.0, 2.5, 8.25, 50.0, -1.0, 9.5]
+    scope = {"bbox": [-5.0, 42.0, 5.0, 48.0], "start": 1609459200000000}
+    store = MonitorStore(db_url)
+    roads = store.create(name="roads", target="pairs", definition={"query": {"kind": "composed"}},
+                         vector=vector, text_vector=text, lam=0.3, stats=stats, threshold=0.4375,
+                         calibration=calibration, scope=scope, archive_version="v1")
+    ships = store.create(name="ships", target="images", definition={}, vector=np.ones(512), threshold=0.2,
+                         scope={}, archive_version="v1", webhook="http://127.0.0.1:9/hook", paused=True)
+    footprint = shapely.to_wkb(shapely.box(1, 43, 1.2, 43.2))
+    hit = dict(_alert(roads.id, "r1"), score=0.8125, rank=3, bbox=json.dumps([1, 43, 1.2, 43.2]),
+               footprint=footprint, acquired="2020-01-01T00:00:00+00:00", acquired_t2="2021-06-01T00:00:00+00:00")
+    assert len(store.add_alerts([hit, _alert(ships.id, "s1"), _alert(ships.id, "s2")])) == 3
+    store.mark_scored("pairs", "v2", rows=40, n_alerts=3, seconds=0.5)
+    store.mark_scored("pairs", "v2", rows=40, n_alerts=0, seconds=0.1)  # again: the first stays
+    store.mark_scored("pairs", "v3", rows=10, n_alerts=0, seconds=0.2)
+
+    reopened = MonitorStore(db_url)  # a restarted endpoint
+    got = reopened.get("roads")
+    assert got.id == roads.id and reopened.get(roads.id).name == "roads"
+    # float32 vectors come back bit for bit
+    assert got.vector.dtype == np.float32 and got.vector.tobytes() == vector.tobytes()
+    assert got.text_vector.tobytes() == text.tobytes() and got.calibration.tobytes() == calibration.tobytes()
+    assert (got.lam, got.stats, got.threshold, got.scope) == (0.3, stats, 0.4375, scope)
+    assert got.definition == {"query": {"kind": "composed"}} and got.target == "pairs"
+    assert got.webhook is None and got.paused is False
+    assert [m.name for m in reopened.list()] == ["roads", "ships"]
+    assert [m.name for m in reopened.list("images")] == ["ships"]
+    assert [m.name for m in reopened.list(active_only=True)] == ["roads"]
+    assert not reopened.set_paused("ships", False).paused
+    assert [m.name for m in reopened.list(active_only=True)] == ["roads", "ships"]
+    (stored,) = reopened.alerts("roads")
+    assert {k: stored[k] for k in hit} == dict(hit, bbox=[1, 43, 1.2, 43.2]) and stored["monitor"] == "roads"
+    assert reopened.delivery_status("ships")["pending"] == 2  # ships has a webhook, roads none
+    assert reopened.scored("pairs") == {"v2", "v3"} and reopened.last_scored("pairs") == "v3"
+    assert reopened.scored("images") == set() and reopened.last_scored("images") is None
+
+    reopened.delete("ships")  # its alerts and their deliveries go with it
+    assert [a["row_id"] for a in reopened.alerts()] == ["r1"] and reopened.due_deliveries(now=2e9) == []
+    assert [m.name for m in reopened.list()] == ["roads"]
+    for missing in (lambda: reopened.get("ships"), lambda: reopened.set_paused("ships", True),
+                    lambda: reopened.delete("ships")):
+        with pytest.raises(KeyError, match="no monitor"):
+            missing()
+
+
+def test_stores_opened_together_on_a_new_database_all_open(db_url: str) -> None:
+    """Endpoint replicas and a scoring job starting at once on an empty database: each sees
+    no tables, one creates them, and none fails for it."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    together = Barrier(8)
+
+    def open_store(_: int) -> MonitorStore:
+        together.wait()
+        return MonitorStore(db_url)
+
+    with ThreadPoolExecutor(8) as pool:
+        stores = list(pool.map(open_store, range(8)))
+    stores[0].create(name="roads", target="pairs", definition={}, vector=np.ones(4), threshold=0.3,
+                     scope={}, archive_version="v1")
+    assert [[m.name for m in s.list()] for s in stores] == [["roads"]] * 8
+
+
+def test_score_version_scores_only_new_rows_once(tmp_path: Path, db_url: str) -> None:
     rng, delta, queries, t0, year = _world(seed=1, n=120, m=6)
     root = tmp_path / "pairs"
     ids = [f"p{i}" for i in range(120)]
@@ -170,7 +253,7 @@ def test_score_version_scores_only_new_rows_once(tmp_path) -> None:
     old = publish_archive(root, ids[:80], delta.vectors[:80], {"model": "m"},
                           {k: v[:80] for k, v in meta.items()})
     new = publish_archive(root, ids, delta.vectors, {"model": "m"}, meta)
-    store = MonitorStore(tmp_path / "monitors.db")
+    store = MonitorStore(db_url)
     for j, q in enumerate(queries):
         store.create(name=f"m{j}", target="pairs", definition={}, vector=q, threshold=0.2,
                      scope={"start": _us(datetime(2021, 1, 1, tzinfo=timezone.utc))}, archive_version=old)
@@ -194,8 +277,7 @@ def test_score_version_scores_only_new_rows_once(tmp_path) -> None:
     assert {("m0", "q0"), ("m1", "q1"), ("m2", "q2")} <= {(a["monitor"], a["row_id"]) for a in store.alerts()}
 
 
-def test_webhook_that_fails_twice_is_retried_with_backoff_then_delivered(tmp_path) -> None:
-    import json
+def test_webhook_that_fails_twice_is_retried_with_backoff_then_delivered(db_url: str) -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -216,7 +298,7 @@ def test_webhook_that_fails_twice_is_retried_with_backoff_then_delivered(tmp_pat
     server = HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        store = MonitorStore(tmp_path / "m.db")
+        store = MonitorStore(db_url)
         m = store.create(name="hook", target="pairs", definition={}, vector=np.ones(4), threshold=0.1,
                          scope={}, archive_version="v1",
                          webhook=f"http://127.0.0.1:{server.server_port}/alerts")

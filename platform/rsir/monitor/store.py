@@ -84,6 +84,9 @@ deliveries = sa.Table(
 )
 
 
+_SCHEMA_LOCK = 0x7273_6972_6D6F_6E  # "rsirmon": the advisory lock that serialises creating the tables
+
+
 def _sqlite_pragmas(conn: Any, _record: Any) -> None:
     # foreign keys (ON DELETE CASCADE) are off by default in SQLite; WAL lets the endpoint
     # read while a scoring writes, and commits without a full fsync each
@@ -139,10 +142,20 @@ class MonitorStore:
 
     def __init__(self, url: str | Path) -> None:
         self.url = store_url(url)
-        self.engine = sa.create_engine(self.url)
-        if self.engine.dialect.name == "sqlite":
+        # pre-ping: a pooled connection that a database restart or failover closed is
+        # replaced, not handed to the endpoint's next statement
+        self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            # Endpoint replicas and scoring jobs opening a new database together would each
+            # find no tables and create them, and all but one fail: one at a time.
+            if dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            elif dialect == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the file's write lock before the check
+            metadata.create_all(conn)
 
     def _insert_ignoring_duplicates(self, table: sa.Table) -> Any:
         if self.engine.dialect.name == "postgresql":
