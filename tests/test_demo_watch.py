@@ -46,7 +46,7 @@ def test_watch_finds_then_alerts_on_new_pairs_in_scope(ray_session, tmp_path) ->
     q = embed_texts(model, [cfg.demo.watch_query])[0]
     new = range(len(before), len(after))
     expected = {after.ids[i] for i in new
-                if after.vectors[i] @ q >= w["threshold"] - 1e-5
+                if after.vectors[i] @ q >= w["threshold"] - 1e-6
                 and boxes_intersect(np.array(after.metadata["bbox"][i]), np.array(w["scope_bbox"]))}
     alerts = json.loads((tmp_path / "watch" / "watch.json").read_text())
     assert alerts["alerts"] == len(expected)

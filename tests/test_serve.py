@@ -862,7 +862,7 @@ def test_monitor_alerts_on_new_rows_in_scope_once(server, tmp_path):
     meta = {k: v + v for k, v in old.metadata.items()}
     publish_archive(root, ids, vectors, old.manifest, meta)
     expected = {new_ids[i] for i in range(len(old.ids))
-                if old.vectors[i] @ q >= threshold - 1e-5
+                if old.vectors[i] @ q >= threshold - 1e-6
                 and old.metadata["bbox"][i] is not None
                 and boxes_intersect(np.array(old.metadata["bbox"][i]), np.array(scope["bbox"]))}
     assert expected  # the calibration's top rows lie in the scope: their copies alert

@@ -187,17 +187,23 @@ def _footprints_meet_polygons(footprints: list[bytes | None], polygons: list[byt
     return out
 
 
+# How far below the top-th best score a calibrated threshold lies: the same row scored
+# again by another kernel (the search's product, then score_delta's blocked one) differs in
+# its last float32 bits, and the top-th row itself must still alert.
+CALIBRATION_SLACK = 1e-5
+
+
 def calibrate(scores: np.ndarray, top: int) -> tuple[float, np.ndarray]:
     """A monitor's threshold from its own query on the current archive: the score of its
-    ``top``-th best in-scope row (all rows when fewer), and those best scores (descending)
-    for :func:`rank_in_calibration`."""
+    ``top``-th best in-scope row (all rows when fewer) less :data:`CALIBRATION_SLACK`, and
+    those best scores (descending) for :func:`rank_in_calibration`."""
     if top < 1:
         raise ValueError(f"calibrate top must be >= 1, got {top}")
     scores = np.asarray(scores, dtype=np.float32)
     if scores.size == 0:
         raise ValueError("nothing to calibrate on: no archive row lies in the monitor's scope")
     best = -np.sort(-scores)[:top]
-    return float(best[-1]), best
+    return float(best[-1]) - CALIBRATION_SLACK, best
 
 
 def rank_in_calibration(best: np.ndarray, score: np.ndarray) -> np.ndarray:
