@@ -103,6 +103,29 @@ def test_mask_matches_row_by_row_reading(f):
     np.testing.assert_array_equal(table.candidates(parse_filter(f)), brute(cols, f))
 
 
+@pytest.mark.parametrize("f", FILTERS, ids=[str(f) for f in FILTERS])
+def test_mask_of_arrow_columns_read_from_parquet_matches_row_by_row_reading(f, tmp_path):
+    """A search shard's table: the columns as an archive's Parquet reads them back (bbox
+    list<double>, timestamp[us, UTC], strings, bools, nulls), not Python lists."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = archive()
+    pq.write_table(pa.table({k: pa.array(v) for k, v in cols.items()}), tmp_path / "rows.parquet",
+                   row_group_size=64)  # several chunks
+    read = pq.read_table(tmp_path / "rows.parquet")
+    assert read.column("bbox").num_chunks > 1
+    table = MetadataTable({name: read.column(name) for name in read.column_names}, 300)
+    np.testing.assert_array_equal(table.candidates(parse_filter(f)), brute(cols, f))
+
+
+def test_arrow_boxes_without_four_numbers_are_refused():
+    import pyarrow as pa
+
+    with pytest.raises(ValueError, match="bbox"):
+        MetadataTable({"bbox": pa.array([[0.0, 0.0, 1.0, 1.0], [0.0, 1.0]])}, 2)
+
+
 def test_filters_restrict_as_counted_by_hand():
     cols = archive()
     table = MetadataTable(cols, 300)

@@ -10,8 +10,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from rsir.retrieval.archive import load_archive, load_archive_rows, publish_archive, read_manifest
-from rsir.retrieval.filters import MetadataTable, exact_top_k, parse_filter
+from rsir.retrieval.archive import embedding_matrix, load_archive, publish_archive, read_archive_rows, read_manifest
+from rsir.retrieval.filters import exact_top_k, parse_filter
 from rsir.retrieval.index import (
     BuildOptions,
     PieceVectors,
@@ -22,7 +22,7 @@ from rsir.retrieval.index import (
     recall_at_k,
     shard_span,
 )
-from rsir.serve.archives import Part, ShardParts, load_part
+from rsir.serve.archives import Part, ShardParts, load_part, part_of_rows
 from rsir.serve.search import Query, answer, merge_hits
 
 faiss = pytest.importorskip("faiss")
@@ -74,8 +74,8 @@ def pq_root(tmp_path_factory) -> tuple[str, str]:
 
 def exact_part(root: str, version: str, like: Part) -> Part:
     """The unindexed path's part of the same live rows: the float32 matrix in the heap."""
-    a = load_archive_rows(root, version, like.start, like.start + len(like.ids))
-    return Part(version, like.start, a.ids, a.vectors, a.metadata, MetadataTable(a.metadata, len(a)), DIM)
+    rows = read_archive_rows(root, version, like.start, like.start + len(like.ids))
+    return part_of_rows(version, like.start, rows, DIM, embedding_matrix(rows, DIM))
 
 
 def parts_of(root: str, version: str, shards: int) -> list[ShardParts]:
@@ -104,7 +104,7 @@ def test_shard_parts_answer_what_the_whole_index_answers(pq_root, shards: int) -
     archive = load_archive(root, version)
     held = [s.get("images", version) for s in parts_of(root, version, shards)]
     # The parts partition the live rows, in order.
-    assert sum((p.ids for p in held), []) == archive.ids
+    assert sum((p.ids.to_pylist() for p in held), []) == archive.ids
     assert all(isinstance(p.vectors, PieceVectors) and p.ann is not None for p in held)
     q = queries(40, 1)
     want_s, want_r = whole.search(q, 10)

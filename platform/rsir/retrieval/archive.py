@@ -217,13 +217,10 @@ def load_archive(root: str | Path, version: str | None = None) -> Archive:
         keep = np.ones(len(table), bool)
         keep[deleted] = False
         table = table.filter(pa.array(keep))
-    emb = table.column("embedding").combine_chunks()
-    vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), manifest["dim"])
     metadata = {name: table.column(name).to_pylist()
                 for name in table.column_names if name not in ("id", "embedding")}
     return Archive(version=version, ids=table.column("id").to_pylist(),
-                   vectors=vectors.astype(np.float32, copy=False), manifest=manifest,
-                   metadata=metadata)
+                   vectors=embedding_matrix(table, manifest["dim"]), manifest=manifest, metadata=metadata)
 
 
 def positions_of(root: str | Path, values: Iterable[str], column: str = "id",
@@ -295,12 +292,13 @@ def compact_archive(root: str | Path, version: str | None = None, batch_rows: in
     return new
 
 
-def load_archive_rows(root: str | Path, version: str, start: int, end: int,
-                      columns: list[str] | None = None, vectors: bool = True) -> Archive:
-    """Live rows ``[start, end)`` of a version (a search shard's block), reading only the
-    Parquet row groups of its segments that hold them, tombstoned rows left out;
-    ``columns``: the metadata columns to keep (all when None); ``vectors`` False leaves the
-    embeddings unread (``vectors`` [n, 0]: an indexed shard reads them from its index)."""
+def read_archive_rows(root: str | Path, version: str, start: int, end: int,
+                      columns: list[str] | None = None, vectors: bool = True) -> pa.Table:
+    """Live rows ``[start, end)`` of a version (a search shard's block) as an Arrow table
+    (``id``, ``embedding`` when ``vectors``, then the metadata columns: ``columns``, or all
+    when None), reading only the Parquet row groups of its segments that hold them,
+    tombstoned rows left out. Its buffers hold these rows alone (copied out of the row
+    groups), no Python object per row."""
     root = Path(root)
     manifest = read_manifest(root, version)
     deleted = read_deleted(root, version)
@@ -322,25 +320,35 @@ def load_archive_rows(root: str | Path, version: str, start: int, end: int,
             n = f.metadata.row_group(rg).num_rows
             lo, hi = max(g_start, first), min(g_end, first + n)
             if lo < hi:
-                part = f.read_row_group(rg, columns=names).slice(lo - first, hi - lo)
+                keep = np.zeros(n, bool)
+                keep[lo - first:hi - first] = True
                 d_lo, d_hi = np.searchsorted(deleted, [lo, hi])
-                if d_hi > d_lo:
-                    keep = np.ones(hi - lo, bool)
-                    keep[deleted[d_lo:d_hi] - lo] = False
-                    part = part.filter(pa.array(keep))
-                pieces.append(part)
+                keep[deleted[d_lo:d_hi] - first] = False
+                # filter() copies the kept rows: a slice would pin the whole row group.
+                pieces.append(f.read_row_group(rg, columns=names).filter(pa.array(keep)))
             first += n
     if not pieces:  # an empty block: the first segment's schema, no rows
         f = pq.ParquetFile(root / segment_offsets(manifest)[0][0] / EMBEDDINGS_FILE)
         names = names or ["id", *vector_cols, *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
                                                 and (columns is None or c in columns))]
         pieces = [f.schema_arrow.empty_table().select(names)]
-    table = pa.concat_tables(pieces, promote_options="default")
-    if vectors:
-        emb = table.column("embedding").combine_chunks()
-        matrix = np.array(emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), manifest["dim"]),
-                          dtype=np.float32)
-    else:
-        matrix = np.zeros((len(table), 0), np.float32)
+    return pa.concat_tables(pieces, promote_options="default")
+
+
+def embedding_matrix(table: pa.Table, dim: int) -> np.ndarray:
+    """The ``embedding`` column of an archive table as a float32 [n, dim] array of its own
+    (the table's buffers can go)."""
+    emb = table.column("embedding").combine_chunks()
+    return np.array(emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), dim), dtype=np.float32)
+
+
+def load_archive_rows(root: str | Path, version: str, start: int, end: int,
+                      columns: list[str] | None = None, vectors: bool = True) -> Archive:
+    """:func:`read_archive_rows` as an :class:`Archive` (Python lists of ids and metadata;
+    ``vectors`` False: ``vectors`` [n, 0], an indexed shard reads them from its index)."""
+    table = read_archive_rows(root, version, start, end, columns, vectors)
+    manifest = read_manifest(root, version)
+    matrix = embedding_matrix(table, manifest["dim"]) if vectors else np.zeros((len(table), 0), np.float32)
     return Archive(version=version, ids=table.column("id").to_pylist(), vectors=matrix, manifest=manifest,
-                   metadata={name: table.column(name).to_pylist() for name in names[1 + len(vector_cols):]})
+                   metadata={name: table.column(name).to_pylist() for name in table.column_names
+                             if name not in ("id", "embedding")})

@@ -35,6 +35,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 FILTER_FIELDS = ("bbox", "datetime", "class_name", "changed", "sensor")
 # Metadata columns an archive carries for its filters and results (rsir.inference).
@@ -157,10 +159,63 @@ def parse_filter(value: Any) -> SearchFilter:
     return SearchFilter(**out)
 
 
-def _times(values: Sequence[Any]) -> np.ndarray:
-    """datetimes (or None) -> int64 microseconds, with INT64_MIN for null."""
+def _times(values: Sequence[Any] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """datetimes (or None), or an Arrow timestamp column -> int64 microseconds, with
+    INT64_MIN for null."""
     null = np.iinfo(np.int64).min
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        if pa.types.is_null(values.type):
+            return np.full(len(values), null, np.int64)
+        # Arrow keeps a timestamp as epoch units, UTC (a naive one as if UTC, as _micros).
+        micros = pc.cast(values, pa.timestamp("us", values.type.tz), safe=False).cast(pa.int64())
+        return np.asarray(micros.fill_null(null).to_numpy(), np.int64)
     return np.array([null if v is None else _micros(v) for v in values], dtype=np.int64)
+
+
+def _boxes(values: Sequence[Any] | pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
+    """Boxes (4 numbers or None), or an Arrow list column of them -> float64 [n, 4], NaN
+    for null."""
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return np.array([[np.nan] * 4 if b is None else b for b in values], dtype=np.float64).reshape(n, 4)
+    out = np.full((n, 4), np.nan)
+    if pa.types.is_null(values.type):
+        return out
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pc.any(pc.not_equal(pc.list_value_length(arr), 4)).as_py():  # null boxes are skipped
+        raise ValueError("metadata column 'bbox' holds a box without 4 numbers")
+    # flatten() skips null boxes: their rows stay NaN.
+    out[arr.is_valid().to_numpy(zero_copy_only=False)] = arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, 4)
+    return out
+
+
+def _categories(values: Sequence[Any] | pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Strings (or None), or an Arrow string column -> (codes int32 [n], -1 for null;
+    the distinct strings [c]): one small int a row, not one string object."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        if pa.types.is_null(values.type):
+            return np.full(len(values), -1, np.int32), np.array([], dtype=object)
+        arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        encoded = pc.dictionary_encode(arr)
+        codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+        return codes, np.array(encoded.dictionary.to_pylist(), dtype=object)
+    values = list(values)
+    names = sorted({v for v in values if v is not None})
+    lookup = {name: i for i, name in enumerate(names)}
+    return (np.array([-1 if v is None else lookup[v] for v in values], np.int32),
+            np.array(names, dtype=object))
+
+
+def _flags(values: Sequence[Any] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Booleans (or None), or an Arrow bool column -> int8 [n]: 1, 0, -1 for null."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        if pa.types.is_null(values.type):
+            return np.full(len(values), -1, np.int8)
+        return pc.cast(values, pa.int8()).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int8)
+    return np.array([-1 if c is None else int(bool(c)) for c in values], dtype=np.int8)
+
+
+def _isin(codes: np.ndarray, names: np.ndarray, wanted: frozenset[str]) -> np.ndarray:
+    return np.isin(codes, [i for i, name in enumerate(names) if name in wanted])
 
 
 def boxes_intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -188,14 +243,15 @@ class MetadataTable:
 
     ``columns``: name -> one value per row, as an archive's metadata holds them (``bbox``
     lists of 4 floats or None; ``acquired`` / ``acquired_t2`` datetimes or None;
-    ``class_name`` / ``sensor`` strings or None; ``changed`` bools or None). A missing
-    column reads as all null.
+    ``class_name`` / ``sensor`` strings or None; ``changed`` bools or None), or an Arrow
+    column of them (a search shard's millions of rows: converted without a Python object
+    per row). A missing column reads as all null.
     """
 
-    def __init__(self, columns: Mapping[str, Sequence[Any]], n: int) -> None:
+    def __init__(self, columns: Mapping[str, Sequence[Any] | pa.Array | pa.ChunkedArray], n: int) -> None:
         self.n = n
 
-        def col(name: str) -> Sequence[Any]:
+        def col(name: str) -> Sequence[Any] | pa.Array | pa.ChunkedArray:
             values = columns.get(name)
             if values is None:
                 return [None] * n
@@ -203,17 +259,15 @@ class MetadataTable:
                 raise ValueError(f"metadata column {name!r} has {len(values)} values for {n} rows")
             return values
 
-        self.bbox = np.array([[np.nan] * 4 if b is None else b for b in col("bbox")],
-                             dtype=np.float64).reshape(n, 4)
+        self.bbox = _boxes(col("bbox"), n)
         t1, t2 = _times(col("acquired")), _times(col("acquired_t2"))
         null = np.iinfo(np.int64).min
         self.t_start = np.where((t2 != null) & (t2 < t1), t2, t1)
         self.t_end = np.where(t2 != null, np.maximum(t1, t2), t1)
         self.has_time = t1 != null
-        self.class_name = np.array(col("class_name"), dtype=object)
-        self.sensor = np.array(col("sensor"), dtype=object)
-        self.changed = np.array([-1 if c is None else int(bool(c)) for c in col("changed")],
-                                dtype=np.int8)
+        self.class_codes, self.class_names = _categories(col("class_name"))
+        self.sensor_codes, self.sensor_names = _categories(col("sensor"))
+        self.changed = _flags(col("changed"))
 
     def mask(self, f: SearchFilter) -> np.ndarray:
         """Boolean [n]: the rows that pass every field of ``f``."""
@@ -227,9 +281,9 @@ class MetadataTable:
             if f.start is not None:
                 keep &= self.t_end >= f.start
         if f.class_name is not None:
-            keep &= np.isin(self.class_name, list(f.class_name))
+            keep &= _isin(self.class_codes, self.class_names, f.class_name)
         if f.sensor is not None:
-            keep &= np.isin(self.sensor, list(f.sensor))
+            keep &= _isin(self.sensor_codes, self.sensor_names, f.sensor)
         if f.changed is not None:
             keep &= self.changed == int(f.changed)
         return keep

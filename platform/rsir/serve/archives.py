@@ -2,7 +2,8 @@
 
 A search shard holds, per target, its block of rows of the last two versions it loaded
 (:class:`ShardParts`): vectors (in its heap, or for an indexed version its index pieces
-memory-mapped), ids and the metadata table its filters run on. The
+memory-mapped), ids and metadata as Arrow columns (no Python object per row) and the
+numpy table its filters run on. The
 ingress holds no vectors: per target the version it serves, its manifest (rows, dim,
 model) and, for the captions archive, each image's captions (text only), which image
 results show (:class:`VersionIndex`).
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,9 @@ class Part:
 
     version: str
     start: int
-    ids: list[str]
+    ids: pa.Array  # strings
     vectors: Any  # [n, D] float32: np.ndarray, or PieceVectors when indexed
-    metadata: dict[str, list[Any]]
+    metadata: pa.Table  # the archive's metadata columns of these rows
     table: Any  # rsir.retrieval.filters.MetadataTable
     dim: int
     ann: Any = None  # rsir.retrieval.filters.CandidateSearcher
@@ -48,8 +50,7 @@ def load_part(root: str, version: str, shard: int, shards: int) -> Part:
     whole index pieces (rsir.retrieval.index.shard_span), an unindexed one's
     ``shard_range`` of its live rows; either way the shards' blocks are contiguous and
     partition the live rows, which is all the ingress's merge assumes."""
-    from rsir.retrieval.archive import load_archive_rows, read_deleted, read_manifest
-    from rsir.retrieval.filters import MetadataTable
+    from rsir.retrieval.archive import embedding_matrix, read_archive_rows, read_deleted, read_manifest
     from rsir.retrieval.index import IndexCandidates, PieceVectors, has_index, open_searcher, piece_bounds, shard_span
     from rsir.retrieval.shards import shard_range
 
@@ -57,8 +58,8 @@ def load_part(root: str, version: str, shard: int, shards: int) -> Part:
     dim = int(manifest["dim"])
     if not has_index(root, version):
         start, end = shard_range(int(manifest["rows"]), shard, shards)
-        a = load_archive_rows(root, version, start, end)
-        return Part(version, start, a.ids, a.vectors, a.metadata, MetadataTable(a.metadata, len(a)), dim)
+        table = read_archive_rows(root, version, start, end)
+        return part_of_rows(version, start, table, dim, embedding_matrix(table, dim))
     bounds = piece_bounds(root, version)
     span = shard_span(bounds, shard, shards)
     if span[0] == span[1] and bounds[-1] > 0:  # the others answer for its rows: say why it is idle
@@ -69,9 +70,19 @@ def load_part(root: str, version: str, shard: int, shards: int) -> Part:
     # The span's live rows: its global ends less the tombstones before each.
     start, end = (int(g - np.searchsorted(deleted, g)) for g in span)
     searcher = open_searcher(root, version, span=span)
-    a = load_archive_rows(root, version, start, end, vectors=False)
-    return Part(version, start, a.ids, PieceVectors(searcher), a.metadata,
-                MetadataTable(a.metadata, len(a)), dim, IndexCandidates(searcher))
+    return part_of_rows(version, start, read_archive_rows(root, version, start, end, vectors=False), dim,
+                        PieceVectors(searcher), IndexCandidates(searcher))
+
+
+def part_of_rows(version: str, start: int, table: pa.Table, dim: int, vectors: Any, ann: Any = None) -> Part:
+    """The :class:`Part` of an archive table's rows (rsir.retrieval.archive.read_archive_rows)
+    whose vectors are ``vectors``."""
+    from rsir.retrieval.filters import MetadataTable
+
+    metadata = table.drop_columns([c for c in ("id", "embedding") if c in table.column_names])
+    columns = {name: metadata.column(name) for name in metadata.column_names}
+    return Part(version, start, table.column("id").combine_chunks(), vectors, metadata,
+                MetadataTable(columns, len(table)), dim, ann)
 
 
 class ShardParts:

@@ -67,13 +67,12 @@ def describe(part: Part, row: int, target: str) -> dict[str, Any]:
     meta = part.metadata
 
     def get(name: str) -> Any:
-        values = meta.get(name)
-        return None if values is None else values[row]
+        return meta.column(name)[row].as_py() if name in meta.column_names else None
 
-    item: dict[str, Any] = {"id": str(part.ids[row])}
+    item: dict[str, Any] = {"id": part.ids[row].as_py()}
     if target == "captions":
-        item.update({k: meta[k][row] for k in ("text", "lang", "owner") if k in meta})
-    elif "changed" in meta:
+        item.update({k: get(k) for k in ("text", "lang", "owner") if k in meta.column_names})
+    elif "changed" in meta.column_names:
         item["changed"] = get("changed")
     item.update(footprint=geometry_json(get("footprint")), bbox=get("bbox"),
                 acquired=_iso(get("acquired")), acquired_t2=_iso(get("acquired_t2")),
