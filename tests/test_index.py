@@ -119,6 +119,30 @@ def test_built_index_recall_and_bytes_per_vector(tmp_path: Path, key: str) -> No
         assert s == pytest.approx(np.take_along_axis(queries @ x.T, truth, 1), abs=1e-5)
 
 
+@pytest.mark.parametrize("key", ["IVF32,Flat", "OPQ4,IVF32,PQ4"])
+def test_pieces_searched_on_shared_lists_equal_one_merged_index(tmp_path: Path, key: str) -> None:
+    """The searcher finds a query's lists once (the pieces share the trained quantizer) and
+    scans each piece's part of them: what one FAISS index of the pieces merged finds with
+    the same nprobe, tombstones excluded by the same selector."""
+    x = clustered(6000, 16, 40, seed=6)
+    q = clustered(30, 16, 40, seed=7) + 0.01
+    meta = build_index(tmp_path, len(x), 16, reader_of(x),
+                       BuildOptions(key=key, pieces=3, refine=0, eval_queries=20, opq_iterations=2))
+    deleted = np.arange(5, 6000, 97)
+    searcher = IndexSearcher([SegmentIndex(tmp_path, 0)], deleted=deleted, nprobe=4)
+    merged = read_index(tmp_path / meta["pieces"][0]["file"], key, mmap=False)
+    for i, piece in enumerate(meta["pieces"][1:], 1):
+        merged.merge_from(read_index(tmp_path / piece["file"], key, mmap=False), 2000 * i)
+    params = faiss.SearchParametersIVF(nprobe=4, sel=faiss.IDSelectorNot(sel := faiss.IDSelectorBatch(deleted)))
+    if key.startswith("OPQ"):
+        params = faiss.SearchParametersPreTransform(index_params=params)
+    want_s, want_i = merged.search(q, 10, params=params)
+    del sel
+    got_s, got_live = searcher.search(q, 10)
+    assert (searcher.to_global(got_live) == want_i).all()
+    np.testing.assert_allclose(got_s, want_s, rtol=1e-5)
+
+
 def test_flat_below_the_size_and_registry(tmp_path: Path) -> None:
     x = clustered(500, 8, 5, seed=2)
     q = clustered(7, 8, 5, seed=3)

@@ -42,6 +42,9 @@ EMBEDDINGS_FILE = "embeddings.parquet"
 DELETED_FILE = "deleted.npy"
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
+# Rows of a Parquet row group: a reader of a block of rows (a search shard, an index piece)
+# decodes whole row groups, so this bounds what it decodes beyond its block.
+ROW_GROUP_ROWS = 65_536
 
 
 @dataclass
@@ -111,7 +114,7 @@ def publish_archive(
     tmp = root / f".{version}.tmp"
     tmp.mkdir()
     if len(ids) or base is None:
-        pq.write_table(pa.table(columns), tmp / EMBEDDINGS_FILE)
+        pq.write_table(pa.table(columns), tmp / EMBEDDINGS_FILE, row_group_size=ROW_GROUP_ROWS)
         segments = [*segments, {"version": version, "rows": len(ids)}]
     if len(tombstones):
         np.save(tmp / DELETED_FILE, tombstones)
@@ -332,7 +335,11 @@ def read_archive_rows(root: str | Path, version: str, start: int, end: int,
         names = names or ["id", *vector_cols, *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
                                                 and (columns is None or c in columns))]
         pieces = [f.schema_arrow.empty_table().select(names)]
-    return pa.concat_tables(pieces, promote_options="default")
+    table = pa.concat_tables(pieces, promote_options="default")
+    # The decoded row groups are freed; hand their pages back rather than keep them in the
+    # pool of a long-lived reader (a search shard).
+    pa.default_memory_pool().release_unused()
+    return table
 
 
 def embedding_matrix(table: pa.Table, dim: int) -> np.ndarray:

@@ -529,6 +529,7 @@ class IndexSearcher:
                  exact_max: int = 200_000, span: tuple[int, int] | None = None) -> None:
         # (faiss index, global offset of its row 0, raw vectors memory-mapped or None)
         self.pieces: list[tuple[Any, int, np.ndarray | None]] = []
+        trained: set[Path] = set()
         self.key = None
         self.dim = 0
         self.nprobe = nprobe
@@ -540,6 +541,7 @@ class IndexSearcher:
                 raise ValueError(f"{seg.index_dir}: index {meta['key']} differs from the base's {self.key}")
             self.dim = meta["dim"]
             self.nprobe = self.nprobe or meta.get("nprobe")
+            trained.add((seg.index_dir / meta["trained"]).resolve())
             offset = seg.offset
             self.refine = meta.get("refine", 0)
             for piece in meta["pieces"]:
@@ -563,6 +565,11 @@ class IndexSearcher:
         self._kind = IndexKey.parse(self.key).kind
         self.nlist = IndexKey.parse(self.key).nlist
         self.exact_max = exact_max
+        # Every piece of a version is filled from one trained index (a delta's from its
+        # base's), so they share its coarse quantizer: a query's lists are found once, not
+        # once a piece, and each piece scans its own part of them.
+        self._ivf = [ivf_of(index) for index, _, _ in self.pieces] if self._kind != "flat" else []
+        self._shared_coarse = bool(self._ivf) and len(trained) == 1
 
     def __len__(self) -> int:
         return self.total - len(self.deleted)
@@ -592,6 +599,20 @@ class IndexSearcher:
             return faiss.SearchParametersPreTransform(index_params=ivf)
         return ivf
 
+    def _coarse(self, q: np.ndarray, nprobe: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The queries as the IVF layer sees them (OPQ's rotation applied), their ``nprobe``
+        nearest lists and those lists' similarities, from the shared quantizer."""
+        import faiss
+
+        index = self.pieces[0][0]
+        x = q
+        if isinstance(index, faiss.IndexPreTransform):
+            for t in range(index.chain.size()):
+                x = index.chain.at(t).apply(x)
+        nprobe = int(min(self.nlist, nprobe or self.nprobe or 1))
+        sims, lists = self._ivf[0].quantizer.search(np.ascontiguousarray(x, np.float32), nprobe)
+        return x, lists, sims
+
     def search(self, queries: Any, k: int, nprobe: int | None = None,
                allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores [Q, k], live positions [Q, k])``; missing slots: -inf and -1."""
@@ -611,8 +632,9 @@ class IndexSearcher:
         if allowed is not None and not exact and self._kind != "flat":
             fraction = max(len(allowed), 1) / max(len(self), 1)
             nprobe = int(min(self.nlist, math.ceil((nprobe or self.nprobe or 1) / fraction)))
+        coarse = self._coarse(q, nprobe) if self._shared_coarse and self.pieces and not exact else None
         all_s, all_i = [], []
-        for index, offset, store in self.pieces:
+        for p, (index, offset, store) in enumerate(self.pieces):
             n = index.ntotal
             # Selectors speak the piece's local ids.
             if allowed is not None:
@@ -632,9 +654,16 @@ class IndexSearcher:
                 # Python must hold the inner selector: IDSelectorNot does not own it.
                 inner = faiss.IDSelectorBatch(self.deleted[lo:hi] - offset) if hi > lo else None
                 sel = faiss.IDSelectorNot(inner) if inner is not None else None
-            params = self._params(sel, nprobe)
             kk = k * self.refine if store is not None else k
-            s, i = index.search(q, kk, params=params) if params is not None else index.search(q, kk)
+            if coarse is not None:
+                x, lists, sims = coarse
+                params = faiss.SearchParametersIVF(nprobe=lists.shape[1])
+                if sel is not None:
+                    params.sel = sel
+                s, i = _search_preassigned(self._ivf[p], x, kk, lists, sims, params)
+            else:
+                params = self._params(sel, nprobe)
+                s, i = index.search(q, kk, params=params) if params is not None else index.search(q, kk)
             if store is not None:
                 s, i = _rescore(q, s, i, store, k)
             all_s.append(np.where(i >= 0, s, -np.inf).astype(np.float32))
@@ -651,6 +680,21 @@ class IndexSearcher:
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
             live = np.pad(live, ((0, 0), (0, pad)), constant_values=-1)
         return scores, live.astype(np.int64)
+
+
+def _search_preassigned(ivf: Any, x: np.ndarray, k: int, lists: np.ndarray, sims: np.ndarray,
+                        params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``IndexIVF::search_preassigned`` with search parameters (an ID selector), which
+    faiss's Python wrapper of it refuses; ``params.nprobe`` must be ``lists``' width."""
+    import faiss
+
+    n = len(x)
+    x = np.ascontiguousarray(x, np.float32)
+    lists, sims = np.ascontiguousarray(lists, np.int64), np.ascontiguousarray(sims, np.float32)
+    scores, rows = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+    ivf.search_preassigned_c(n, faiss.swig_ptr(x), k, faiss.swig_ptr(lists), faiss.swig_ptr(sims),
+                             faiss.swig_ptr(scores), faiss.swig_ptr(rows), False, params)
+    return scores, rows
 
 
 class RawVectorsMissing(ValueError):
