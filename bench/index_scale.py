@@ -35,7 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-from rsir.retrieval.index import BuildOptions, IndexSearcher, SegmentIndex, build_index, read_index, recall_at_k
+from rsir.retrieval.archive import current_version, publish_archive
+from rsir.retrieval.index import (
+    BuildOptions,
+    IndexSearcher,
+    SegmentIndex,
+    build_version_index,
+    piece_bounds,
+    read_index,
+    recall_at_k,
+    shard_span,
+    version_index_dir,
+)
 from rsir.retrieval.topk import ExactSearcher
 
 DIM = 128
@@ -72,14 +83,9 @@ def queries_like(n: int, clusters: int, seed: int) -> np.ndarray:
     return q + np.float32(0.02) * np.random.default_rng(seed + 7).standard_normal(q.shape).astype(np.float32)
 
 
-def _build(vectors: Path, out: Path, opts: BuildOptions) -> dict:
-    """Build, sampling this process's resident memory meanwhile (heap and file pages)."""
-    x = np.load(vectors, mmap_mode="r")
-
-    def reader(start: int, stop: int):
-        for s in range(start, stop, 65536):
-            yield np.asarray(x[s:min(s + 65536, stop)])
-
+def _build(root: Path, version: str, opts: BuildOptions) -> dict:
+    """``rsir index``'s build of a published version (its rows read back from the archive's
+    Parquet chunk by chunk), sampling this process's resident memory meanwhile."""
     base, peak, done = rss(), {"RssAnon": 0, "VmRSS": 0}, threading.Event()
 
     def sample() -> None:
@@ -91,7 +97,7 @@ def _build(vectors: Path, out: Path, opts: BuildOptions) -> dict:
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
     t0 = time.perf_counter()
-    meta = build_index(out, len(x), DIM, reader, opts)
+    meta = build_version_index(root, version, opts)
     seconds = time.perf_counter() - t0
     done.set()
     watcher.join()
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="rsir-index-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    vec_path, out = work / "vectors.npy", work / "index"
+    vec_path, root = work / "vectors.npy", work / "archive-indexed"
     t0 = time.perf_counter()
     lonlat = generate(vec_path, args.n, args.clusters, seed=0)
     print(f"[data] {args.n:,} x {DIM} clustered vectors generated in {time.perf_counter() - t0:.0f} s "
@@ -144,12 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.max_memory or 400 * args.n
     opts = BuildOptions(max_memory=budget, pieces=args.pieces, nlist=args.nlist, refine=args.refine,
                         eval_queries=args.queries, target_recall=0.95)
-    if args.reuse and (out / "index.json").is_file():  # the same flags' index, built before
-        built = {"meta": json.loads((out / "index.json").read_text()), "seconds": float("nan"),
-                 "peak_heap": 0, "peak_rss": 0}
-        print("[build] reusing the index in", out, "(build figures: see that run)")
+    if args.reuse and (root / "CURRENT").is_file():  # the same flags' archive and index, built before
+        version = current_version(root)
+        built = {"meta": json.loads((version_index_dir(root, version) / "index.json").read_text()),
+                 "seconds": float("nan"), "peak_heap": 0, "peak_rss": 0}
+        print("[build] reusing the index of", root, version, "(build figures: see that run)")
     else:
-        built = _build(vec_path, out, opts)
+        t0 = time.perf_counter()
+        version = publish(root, vec_path, lonlat)
+        print(f"[publish] the vectors as archive version {version} in {time.perf_counter() - t0:.0f} s")
+        built = _build(root, version, opts)
+    out = version_index_dir(root, version)
     meta = built["meta"]
     raw = args.n * DIM * 4
     print(f"[build] {meta['key']} in {meta['pieces'].__len__()} pieces, budget {budget:,} B: "
@@ -173,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     r = recall_at_k(found, truth)
     print(f"[recall] recall@10 {r:.3f} on {len(queries)} generated queries (not archive rows) against "
           f"exact search ({t_exact:.1f} s streamed); target 0.95: {'met' if r >= 0.95 else 'NOT met'}")
+    ours = latency(lambda v: searcher.search(v, 10), queries)
+    after = rss()  # before the baseline's in-RAM index exists
+    anon = after["RssAnon"] - before["RssAnon"]
+    print(f"[memory] searcher (open + {2 * len(queries)} queries): heap +{anon / 1e6:,.1f} MB "
+          f"(index {meta['bytes'] / 1e6:,.1f} MB; heap/index {anon / meta['bytes']:.2f}); file-backed "
+          f"pages resident {after['RssFile'] / 1e6:,.0f} MB (page cache, evictable)")
 
     # Baseline: one FAISS index in this process's RAM with the same codes and re-scoring.
     pieces = [read_index(out / pc["file"], meta["key"], mmap=False) for pc in meta["pieces"]]
@@ -191,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
         base = one
     _, found_b = base.search(queries, 10)
     r_b = recall_at_k(found_b, truth)
-    ours = latency(lambda v: searcher.search(v, 10), queries)
     theirs = latency(lambda v, b=base: b.search(v, 10), queries)
     print(f"[qps] one query at a time: rsir {ours['qps']:,.0f} q/s (p50 {ours['p50_ms']:.2f} ms, p99 "
           f"{ours['p99_ms']:.2f} ms) vs one in-RAM FAISS index {theirs['qps']:,.0f} q/s (p50 "
@@ -223,12 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[filter] box with {len(allow):,} rows ({100 * len(allow) / args.n:.2f}%): exact on the "
           f"candidates recall@10 {r_f:.3f} ({len(queries) / t_f:,.0f} q/s); ANN + ID selector "
           f"recall@10 {r_fa:.3f} ({len(queries) / t_fa:,.0f} q/s)")
-    after = rss()
-    anon = after["RssAnon"] - before["RssAnon"]
-    print(f"[memory] searcher (open + {3 * len(queries)} queries): heap +{anon / 1e6:,.1f} MB "
-          f"(index {meta['bytes'] / 1e6:,.1f} MB; heap/index {anon / meta['bytes']:.2f}); file-backed "
-          f"pages resident {after['RssFile'] / 1e6:,.0f} MB (page cache, evictable)")
-    parts = shard_part_memory(work, vec_path, lonlat, opts, args.shards)
+    parts = shard_part_memory(work, root, version, vec_path, lonlat, args.shards)
     if args.json:
         Path(args.json).write_text(json.dumps({"shard_part": parts,
             "n": args.n, "key": meta["key"], "build_s": built["seconds"], "peak_heap": built["peak_heap"],
@@ -245,9 +256,8 @@ def main(argv: list[str] | None = None) -> int:
 _PART_PROBE = """
 import json, sys
 import numpy as np
-from rsir.retrieval.archive import load_archive_rows
-from rsir.retrieval.filters import MetadataTable
-from rsir.serve.archives import load_part
+from rsir.retrieval.archive import read_archive_rows
+from rsir.serve.archives import load_part, part_of_rows
 from rsir.serve.search import Query, answer
 import faiss, pyarrow.parquet  # noqa: F401 - imports before the baseline
 def anon():
@@ -257,9 +267,8 @@ root, version, shard, shards = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(s
 before = anon()
 if len(sys.argv) > 5:
     start, stop = int(sys.argv[5]), int(sys.argv[6])
-    a = load_archive_rows(root, version, start, stop, vectors=False)
-    MetadataTable(a.metadata, len(a))
-    print(json.dumps({"rows": len(a), "load_anon": anon() - before}))
+    part = part_of_rows(version, start, read_archive_rows(root, version, start, stop, vectors=False), 0, None)
+    print(json.dumps({"rows": len(part.ids), "load_anon": anon() - before}))
     sys.exit()
 part = load_part(root, version, shard, shards)
 loaded = anon()
@@ -274,26 +283,29 @@ print(json.dumps({"rows": len(part.ids), "load_anon": loaded - before,
 """
 
 
-def shard_part_memory(work: Path, vec_path: Path, lonlat: np.ndarray, opts: BuildOptions,
-                      shards: int) -> dict:
-    """Shard 0's part of the vectors as an indexed archive version and as an unindexed one:
-    anonymous RSS of each load (fresh processes) against the index bytes the shard opens."""
-    import os
-    import subprocess
-    import sys
-
-    from rsir.retrieval.archive import publish_archive
-    from rsir.retrieval.index import build_version_index, piece_bounds, shard_span, version_index_dir
-
+def publish(root: Path, vec_path: Path, lonlat: np.ndarray) -> str:
+    """The vectors as an archive version (ids, a small box per row), as ``rsir index`` writes one."""
     x = np.load(vec_path, mmap_mode="r")
     ids = [f"r{i}" for i in range(len(x))]
     meta = {"bbox": [[float(a), float(b), float(a) + 0.01, float(b) + 0.01] for a, b in
                      np.clip(lonlat, -89, 89)]}
-    indexed = publish_archive(work / "archive-indexed", ids, x, {"model": "bench"}, meta, current=False)
-    index_meta = build_version_index(work / "archive-indexed", indexed, opts)
-    plain = publish_archive(work / "archive-plain", ids, x, {"model": "bench"}, meta)
-    start, stop = shard_span(piece_bounds(work / "archive-indexed", indexed), 0, shards)
-    pieces = sorted(version_index_dir(work / "archive-indexed", indexed).glob("piece-*.faiss"))
+    return publish_archive(root, ids, x, {"model": "bench"}, meta)
+
+
+def shard_part_memory(work: Path, root: Path, version: str, vec_path: Path, lonlat: np.ndarray,
+                      shards: int) -> dict:
+    """Shard 0's part of the indexed archive version and of the same rows published without
+    an index: anonymous RSS of each load (fresh processes) against the index bytes the
+    shard opens."""
+    import os
+    import subprocess
+    import sys
+
+    index_meta = json.loads((version_index_dir(root, version) / "index.json").read_text())
+    plain_root = work / "archive-plain"
+    plain = current_version(plain_root) if (plain_root / "CURRENT").is_file() else publish(plain_root, vec_path, lonlat)
+    start, stop = shard_span(piece_bounds(root, version), 0, shards)
+    pieces = sorted(version_index_dir(root, version).glob("piece-*.faiss"))
     bounds = np.cumsum([0, *(pc["rows"] for pc in index_meta["pieces"])])
     opened = sum(f.stat().st_size for f, a in zip(pieces, bounds) if start <= a < stop)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "platform")}
@@ -303,8 +315,8 @@ def shard_part_memory(work: Path, vec_path: Path, lonlat: np.ndarray, opts: Buil
                               *map(str, rows)], env=env, capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    ann, exact = probe(work / "archive-indexed", indexed), probe(work / "archive-plain", plain)
-    rows_only = probe(work / "archive-indexed", indexed, start, stop)  # no tombstones: live = global
+    ann, exact = probe(root, version), probe(plain_root, plain)
+    rows_only = probe(root, version, start, stop)  # no tombstones: live = global
     raw = ann["rows"] * DIM * 4
     print(f"[shard part] shard 0 of {shards}, {ann['rows']:,} rows ({index_meta['key']}, pieces "
           f"[{start}, {stop})): indexed load heap +{ann['load_anon'] / 1e6:,.1f} MB (+{ann['query_anon'] / 1e6:,.1f}"
