@@ -335,11 +335,7 @@ def read_archive_rows(root: str | Path, version: str, start: int, end: int,
         names = names or ["id", *vector_cols, *(c for c in f.schema_arrow.names if c not in ("id", "embedding")
                                                 and (columns is None or c in columns))]
         pieces = [f.schema_arrow.empty_table().select(names)]
-    table = pa.concat_tables(pieces, promote_options="default")
-    # The decoded row groups are freed; hand their pages back rather than keep them in the
-    # pool of a long-lived reader (a search shard).
-    pa.default_memory_pool().release_unused()
-    return table
+    return pa.concat_tables(pieces, promote_options="default")
 
 
 def embedding_matrix(table: pa.Table, dim: int) -> np.ndarray:

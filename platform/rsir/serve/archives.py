@@ -59,19 +59,36 @@ def load_part(root: str, version: str, shard: int, shards: int) -> Part:
     if not has_index(root, version):
         start, end = shard_range(int(manifest["rows"]), shard, shards)
         table = read_archive_rows(root, version, start, end)
-        return part_of_rows(version, start, table, dim, embedding_matrix(table, dim))
-    bounds = piece_bounds(root, version)
-    span = shard_span(bounds, shard, shards)
-    if span[0] == span[1] and bounds[-1] > 0:  # the others answer for its rows: say why it is idle
-        log.warning("shard %d of %d: %s version %s has %d index pieces, fewer than the shards, and "
-                    "this shard holds none; rebuild the index with index.pieces >= %d", shard, shards,
-                    root, version, len(bounds) - 1, shards)
-    deleted = read_deleted(root, version)
-    # The span's live rows: its global ends less the tombstones before each.
-    start, end = (int(g - np.searchsorted(deleted, g)) for g in span)
-    searcher = open_searcher(root, version, span=span)
-    return part_of_rows(version, start, read_archive_rows(root, version, start, end, vectors=False), dim,
-                        PieceVectors(searcher), IndexCandidates(searcher))
+        part = part_of_rows(version, start, table, dim, embedding_matrix(table, dim))
+    else:
+        bounds = piece_bounds(root, version)
+        span = shard_span(bounds, shard, shards)
+        if span[0] == span[1] and bounds[-1] > 0:  # the others answer for its rows: say why it is idle
+            log.warning("shard %d of %d: %s version %s has %d index pieces, fewer than the shards, and "
+                        "this shard holds none; rebuild the index with index.pieces >= %d", shard, shards,
+                        root, version, len(bounds) - 1, shards)
+        deleted = read_deleted(root, version)
+        # The span's live rows: its global ends less the tombstones before each.
+        start, end = (int(g - np.searchsorted(deleted, g)) for g in span)
+        searcher = open_searcher(root, version, span=span)
+        table = read_archive_rows(root, version, start, end, vectors=False)
+        part = part_of_rows(version, start, table, dim, PieceVectors(searcher), IndexCandidates(searcher))
+    del table
+    _return_freed_pages()
+    return part
+
+
+def _return_freed_pages() -> None:
+    """Hand the pages of a load's freed temporaries (decoded row groups, the filter table's
+    intermediates) back to the OS: a replica holds its part for hours, and neither Arrow's
+    pool nor glibc's malloc returns them unasked."""
+    import ctypes
+    import ctypes.util
+
+    pa.default_memory_pool().release_unused()
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc only
+        ctypes.CDLL(libc).malloc_trim(0)
 
 
 def part_of_rows(version: str, start: int, table: pa.Table, dim: int, vectors: Any, ann: Any = None) -> Part:
