@@ -2,9 +2,10 @@
 
 N vectors of dim 128 with the structure of real embeddings (clustered: Zipf-sized
 clusters, anisotropic noise with a decaying spectrum, unit norm; not uniform noise) are
-generated chunk by chunk onto disk, then ``rsir.retrieval.index.build_index`` builds the
-index a memory budget chooses (default: the budget of 4 GB for 10M vectors, scaled to N,
-i.e. 400 bytes a vector) in ``--pieces`` pieces, reading the vectors in bounded chunks.
+generated chunk by chunk onto disk and published as an archive version, then
+``rsir.retrieval.index.build_version_index`` (what ``rsir index`` runs) builds the index a
+memory budget chooses (default: the budget of 4 GB for 10M vectors, scaled to N,
+i.e. 400 bytes a vector) in ``--pieces`` pieces, reading the archive in bounded chunks.
 
 Reported, each against a baseline measured in the same run:
 - build time, and the build's peak heap (sampled RSS) against the raw vectors' bytes;
@@ -18,10 +19,12 @@ Reported, each against a baseline measured in the same run:
 - a search shard's part (``--shards``): the vectors published as an archive version with
   its index and as one without, and the anonymous RSS of loading shard 0's part of each
   (rsir.serve.archives.load_part, each in a fresh process, plus one top-k and one stats
-  query) against the bytes of the index pieces that shard opens.
+  query), with the bytes its ids and metadata hold, against the bytes of the index pieces
+  that shard opens.
 
-Run: ``PYTHONPATH=platform python bench/index_scale.py [--n 10000000]`` (10M needs ~8 GB of
-disk and ~1 h on 2 cores; ``--n 1000000`` takes minutes).
+Run: ``PYTHONPATH=platform python bench/index_scale.py [--n 10000000]`` (10M: ~20 GB of
+scratch disk and ~25 min on 2 cores with ``--nlist 16384``; at 10M the budget's choice is
+65,536 lists, whose k-means alone takes over an hour there; ``--n 1000000`` takes ~10 min).
 """
 
 from __future__ import annotations
@@ -252,14 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# A fresh process loads shard ``shard`` of ``shards`` of one version and answers a top-k and
-# a stats query (the raw-vector path): its anonymous RSS before and after, as JSON; with a
-# 5th argument only the part's ids and metadata (what either path holds beside vectors).
+# A fresh process loads shard ``shard`` of ``shards`` of one version as a search shard does
+# (rsir.serve.archives.load_part) and answers a top-k and a stats query (the raw-vector
+# path): its anonymous RSS after the load and after the queries, and the bytes its ids and
+# metadata hold (Arrow columns and the filters' numpy table), as JSON.
 _PART_PROBE = """
 import json, sys
 import numpy as np
-from rsir.retrieval.archive import read_archive_rows
-from rsir.serve.archives import load_part, part_of_rows
+from rsir.serve.archives import load_part
 from rsir.serve.search import Query, answer
 import faiss, pyarrow.parquet  # noqa: F401 - imports before the baseline
 def anon():
@@ -267,13 +270,10 @@ def anon():
     return int(line.split()[1]) * 1024
 root, version, shard, shards = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 before = anon()
-if len(sys.argv) > 5:
-    start, stop = int(sys.argv[5]), int(sys.argv[6])
-    part = part_of_rows(version, start, read_archive_rows(root, version, start, stop, vectors=False), 0, None)
-    print(json.dumps({"rows": len(part.ids), "load_anon": anon() - before}))
-    sys.exit()
 part = load_part(root, version, shard, shards)
 loaded = anon()
+held = part.ids.nbytes + part.metadata.nbytes + sum(
+    v.nbytes for v in vars(part.table).values() if isinstance(v, np.ndarray))
 class Held:
     def get(self, target, v):
         return part
@@ -281,7 +281,7 @@ q = np.asarray(part.vectors[np.arange(4)], np.float32)
 answer(Held(), [Query("top_k", "images", version, k=10, q=q[0]),
                 Query("stats", "images", version, qi=q[1], qt=q[2])], 65536)
 print(json.dumps({"rows": len(part.ids), "load_anon": loaded - before,
-                  "query_anon": anon() - before}))
+                  "query_anon": anon() - before, "ids_and_metadata_bytes": held}))
 """
 
 
@@ -312,21 +312,21 @@ def shard_part_memory(work: Path, root: Path, version: str, vec_path: Path, lonl
     opened = sum(f.stat().st_size for f, a in zip(pieces, bounds) if start <= a < stop)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "platform")}
 
-    def probe(root: Path, version: str, *rows: int) -> dict:
-        out = subprocess.run([sys.executable, "-c", _PART_PROBE, str(root), version, "0", str(shards),
-                              *map(str, rows)], env=env, capture_output=True, text=True, check=True)
+    def probe(root: Path, version: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", _PART_PROBE, str(root), version, "0", str(shards)],
+                             env=env, capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     ann, exact = probe(root, version), probe(plain_root, plain)
-    rows_only = probe(root, version, start, stop)  # no tombstones: live = global
     raw = ann["rows"] * DIM * 4
     print(f"[shard part] shard 0 of {shards}, {ann['rows']:,} rows ({index_meta['key']}, pieces "
           f"[{start}, {stop})): indexed load heap +{ann['load_anon'] / 1e6:,.1f} MB (+{ann['query_anon'] / 1e6:,.1f}"
-          f" MB after a top-k and a stats query), of which ids and metadata alone "
-          f"+{rows_only['load_anon'] / 1e6:,.1f} MB, vs its index pieces {opened / 1e6:,.1f} MB; unindexed "
+          f" MB after a top-k and a stats query), its ids and metadata holding "
+          f"{ann['ids_and_metadata_bytes'] / 1e6:,.1f} MB ({ann['ids_and_metadata_bytes'] / ann['rows']:.0f} B a row), "
+          f"vs its index pieces {opened / 1e6:,.1f} MB (memory-mapped); unindexed "
           f"load +{exact['load_anon'] / 1e6:,.1f} MB (+{exact['query_anon'] / 1e6:,.1f} MB; its float32 "
           f"rows {raw / 1e6:,.1f} MB)")
-    return {"indexed": ann, "unindexed": exact, "ids_and_metadata": rows_only, "index_piece_bytes": opened,
+    return {"indexed": ann, "unindexed": exact, "index_piece_bytes": opened,
             "raw_bytes": raw, "key": index_meta["key"]}
 
 

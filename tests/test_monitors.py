@@ -24,6 +24,8 @@ from rsir.retrieval.monitors import (
     T_MAX,
     T_MIN,
     DeltaRows,
+    _reach,
+    _spatial_order,
     calibrate,
     monitor_set,
     rank_in_calibration,
@@ -128,6 +130,37 @@ def test_score_delta_equals_brute_force_with_scopes_and_composed_monitors() -> N
     got = set(zip(hits.rows.tolist(), hits.monitors.tolist()))
     assert got == expected and 20 < len(expected) < n * m // 3  # a real selection
     assert {j for _, j in got if polygons[j] is not None}  # polygon scopes are exercised
+
+
+def test_blocks_of_nearby_scopes_score_only_rows_they_reach_and_miss_nothing() -> None:
+    """Many small scopes over the globe, some crossing the antimeridian, rows likewise:
+    blocks of monitors in the Z-order of their scopes score only the rows meeting the box
+    around the block, and the hits are still every in-scope pair above threshold."""
+    rng = np.random.default_rng(3)
+    n, m, d = 2000, 120, 8
+    vectors, queries = _unit(rng.standard_normal((n, d))), _unit(rng.standard_normal((m, d)))
+    lon, lat = rng.uniform(-180, 179, n), rng.uniform(-60, 60, n)
+    rows = np.stack([lon, lat, lon + 1.5, lat + 1.5], 1)
+    rows[rows[:, 2] > 180, 2] -= 360  # rows across the antimeridian
+    rows[:10] = np.nan
+    delta = DeltaRows(vectors, rows, np.full(n, T_MIN), np.full(n, T_MIN), [None] * n)
+    w, s = rng.uniform(-180, 175, m), rng.uniform(-60, 50, m)
+    boxes = np.stack([w, s, w + 10, s + 10], 1)
+    boxes[boxes[:, 2] > 180, 2] -= 360
+    boxes[:4] = [170, -20, -170, 20]  # across the antimeridian
+    boxes[4:8] = np.nan  # the whole world
+    monitors = monitor_set(np.arange(m), queries, np.full(m, 0.3), bbox=boxes)
+    hits = score_delta(monitors, delta, block=5, row_block=97)
+    scores = vectors @ queries.T
+    expected = {(i, j) for j in range(m) for i in range(n)
+                if scores[i, j] >= 0.3 and (np.isnan(boxes[j]).any()
+                                           or bool(boxes_intersect(rows[i], boxes[j])))}
+    assert set(zip(hits.rows.tolist(), hits.monitors.tolist())) == expected and len(expected) > 200
+    # a block of neighbouring local scopes reaches a small share of the rows
+    order = _spatial_order(boxes)
+    local = order[np.isin(order, np.arange(8, m))]
+    reached = [len(_reach(boxes[local[b:b + 5]], rows)) for b in range(0, len(local), 5)]
+    assert np.mean(reached) < 0.2 * n
 
 
 def test_calibration_threshold_and_ranks_by_hand() -> None:

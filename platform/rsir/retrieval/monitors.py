@@ -54,11 +54,11 @@ class MonitorSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def block(self, start: int, stop: int) -> MonitorSet:
-        s = slice(start, stop)
-        return MonitorSet(self.ids[s], self.vectors[s], self.threshold[s], self.lam[s],
-                          self.text_vectors[s], self.stats[s], self.bbox[s], self.t_start[s],
-                          self.t_end[s], self.polygons[s])
+    def take(self, index: np.ndarray) -> MonitorSet:
+        """The monitors at ``index`` (positions in this set), in that order."""
+        return MonitorSet(self.ids[index], self.vectors[index], self.threshold[index], self.lam[index],
+                          self.text_vectors[index], self.stats[index], self.bbox[index], self.t_start[index],
+                          self.t_end[index], tuple(self.polygons[i] for i in index))
 
 
 def monitor_set(
@@ -126,32 +126,66 @@ def _scores(monitors: MonitorSet, vectors: np.ndarray) -> np.ndarray:
     return s
 
 
-def score_delta(monitors: MonitorSet, delta: DeltaRows, block: int = 2048,
+def score_delta(monitors: MonitorSet, delta: DeltaRows, block: int = 512,
                 row_block: int = 16_384) -> Hits:
     """Every (row, monitor) of ``delta`` x ``monitors`` whose score reaches the monitor's
     threshold and whose row lies in the monitor's scope. Monitors are taken ``block`` at a
-    time and rows ``row_block`` at a time, each pair of blocks one matrix product (so the
-    score matrix in memory is at most ``row_block x block``)."""
+    time, in the Z-order of their boxes' centres (:func:`_spatial_order`), and each block
+    scores only the rows that meet the box around its monitors' boxes, ``row_block`` rows
+    at a time, one matrix product each (so the score matrix in memory is at most
+    ``row_block x block``). Scopes of neighbouring areas make small blocks' boxes: a block
+    of local monitors skips the rows far from all of them."""
     rows_out, mons_out, scores_out = [], [], []
     vectors = np.ascontiguousarray(delta.vectors, dtype=np.float32)
+    order = _spatial_order(monitors.bbox)
     for start in range(0, len(monitors), block):
-        mb = monitors.block(start, start + block)
-        for r0 in range(0, len(vectors), row_block):
-            s = _scores(mb, vectors[r0:r0 + row_block])
+        index = order[start:start + block]
+        mb = monitors.take(index)
+        reach = _reach(mb.bbox, delta.bbox)
+        for r0 in range(0, len(reach), row_block):
+            rows = reach[r0:r0 + row_block]
+            s = _scores(mb, vectors[rows])
             r, m = np.nonzero(s >= mb.threshold[None, :])
             if not r.size:
                 continue
             score = s[r, m]
-            r = r + r0
+            r = rows[r]
             ok = _in_scope(mb, delta, r, m)
             rows_out.append(r[ok])
-            mons_out.append(m[ok] + start)
+            mons_out.append(index[m[ok]])
             scores_out.append(score[ok])
     if not rows_out:
         empty = np.zeros(0, np.int64)
         return Hits(empty, empty, np.zeros(0, np.float32))
     return Hits(np.concatenate(rows_out), np.concatenate(mons_out),
                 np.concatenate(scores_out).astype(np.float32))
+
+
+def _spatial_order(bbox: np.ndarray) -> np.ndarray:
+    """Monitor positions in the Z-order (Morton code on a 1024 x 1024 grid over their
+    extent) of their boxes' centres, unboxed monitors last: neighbours in this order have
+    nearby scopes."""
+    boxed = ~np.isnan(bbox).any(axis=1)
+    code = np.full(len(bbox), np.iinfo(np.int64).max, np.int64)
+    if boxed.any():
+        centre = (bbox[boxed, :2] + bbox[boxed, 2:]) / 2
+        low, span = centre.min(axis=0), np.maximum(np.ptp(centre, axis=0), 1e-12)
+        cells = ((centre - low) / span * 1023).astype(np.int64)
+        z = np.zeros(len(cells), np.int64)
+        for bit in range(10):  # interleave the bits of the two cell coordinates
+            z |= ((cells[:, 0] >> bit) & 1) << (2 * bit) | ((cells[:, 1] >> bit) & 1) << (2 * bit + 1)
+        code[boxed] = z
+    return np.argsort(code, kind="stable")
+
+
+def _reach(monitor_boxes: np.ndarray, row_boxes: np.ndarray) -> np.ndarray:
+    """The rows a block of monitors can alert on: those meeting the box around all their
+    boxes, or every row when one of them has no box or its box crosses the antimeridian."""
+    if np.isnan(monitor_boxes).any() or (monitor_boxes[:, 0] > monitor_boxes[:, 2]).any():
+        return np.arange(len(row_boxes))
+    around = np.array([monitor_boxes[:, 0].min(), monitor_boxes[:, 1].min(),
+                       monitor_boxes[:, 2].max(), monitor_boxes[:, 3].max()])
+    return np.flatnonzero(boxes_intersect(row_boxes, around))
 
 
 def _in_scope(mb: MonitorSet, delta: DeltaRows, r: np.ndarray, m: np.ndarray) -> np.ndarray:
