@@ -24,6 +24,9 @@ authors' implementation (xiaoyuan1996/GaLR, ``postprocessing/rerank.py``,
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -59,6 +62,19 @@ def _numpy_order_and_rank(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rank = np.empty(v.shape, dtype=np.intp)
     rank[np.arange(v.shape[0])[:, None], order] = np.arange(v.shape[1])
     return order, rank
+
+
+def _by_row_blocks(fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                   v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``fn`` (a per-row order and rank) on blocks of rows in threads: numpy's sorts release
+    the GIL, and each row's result is the same whichever block it is sorted in."""
+    blocks = min(os.cpu_count() or 1, 8, v.shape[0])
+    if blocks < 2:
+        return fn(v)
+    bounds = np.linspace(0, v.shape[0], blocks + 1).astype(int)
+    with ThreadPoolExecutor(blocks) as pool:
+        parts = list(pool.map(fn, [v[a:b] for a, b in zip(bounds[:-1], bounds[1:])]))
+    return np.concatenate([o for o, _ in parts]), np.concatenate([r for _, r in parts])
 
 
 def _one_direction(
@@ -115,8 +131,8 @@ def multivariate_rerank(
     # Two full sorts serve both directions: image rows give i2t candidates and t2i reverse
     # ranks; text rows (columns of sim) give t2i candidates and i2t reverse ranks.
     order_and_rank = _numpy_order_and_rank if ties == "numpy" else _stable_order_and_rank
-    img_order, img_rank = order_and_rank(v)
-    txt_order, txt_rank = order_and_rank(vt)
+    img_order, img_rank = _by_row_blocks(order_and_rank, v)
+    txt_order, txt_rank = _by_row_blocks(order_and_rank, vt)
     i2t = _one_direction(v, img_order, txt_rank, k, w_c1, w_c2, xi, ties)
     t2i = _one_direction(vt, txt_order, img_rank, k, w_c1, w_c2, xi, ties)
     return i2t, np.ascontiguousarray(t2i.T)
