@@ -15,6 +15,8 @@ JRE_PACKAGE := default-jre-headless
 # package's `main` cluster on 5432; `make test` installs it and sets RSIR_REQUIRE_POSTGRES.
 PG_INITDB := /usr/lib/postgresql/*/bin/initdb
 
+comma := ,
+
 .PHONY: demo test install lint bench clean java postgres
 
 $(STAMP): pyproject.toml
@@ -26,34 +28,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) java
 
-java:
-	@if command -v java >/dev/null; then exit 0; \
-	elif ! command -v apt-get >/dev/null; then \
-		echo "make: java is missing and there is no apt-get; install a Java runtime (COCO's METEOR 1.5 needs one)" >&2; exit 1; \
+# $(call apt_install,WHAT,PACKAGE,HINT): install Debian's PACKAGE (WHAT is missing), as root
+# or through sudo; without either, say the command to run and HINT, and fail.
+apt_install = if ! command -v apt-get >/dev/null; then \
+		echo "make: $(1) is missing and there is no apt-get; install $(2) with your package manager" >&2; exit 1; \
 	elif [ "$$(id -u)" = 0 ]; then SUDO=; \
 	elif command -v sudo >/dev/null; then SUDO=sudo; \
-	else echo "make: java is missing; as root run: apt-get update && apt-get install -y --no-install-recommends $(JRE_PACKAGE)" >&2; \
-		echo "(without it the caption metrics fall back to NLTK, with a warning)" >&2; exit 1; fi; \
-	$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(JRE_PACKAGE)
+	else echo "make: $(1) is missing; as root run: apt-get update && apt-get install -y --no-install-recommends $(2)" >&2; \
+		echo "($(3))" >&2; exit 1; fi; \
+	$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(2)
+
+java:
+	@command -v java >/dev/null || { $(call apt_install,java,$(JRE_PACKAGE),without it the caption metrics fall back to NLTK$(comma) with a warning); }
 
 $(CHROMIUM):
-	@if ! command -v apt-get >/dev/null; then \
-		echo "make test: $(CHROMIUM) is missing and there is no apt-get; install chromium with your package manager" >&2; exit 1; \
-	elif [ "$$(id -u)" = 0 ]; then SUDO=; \
-	elif command -v sudo >/dev/null; then SUDO=sudo; \
-	else echo "make test: $(CHROMIUM) is missing; as root run: apt-get update && apt-get install -y --no-install-recommends chromium" >&2; \
-		echo "(or run '$(PY) -m pytest', which skips the search-page test without it)" >&2; exit 1; fi; \
-	$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+	@$(call apt_install,$(CHROMIUM),chromium,or run '$(PY) -m pytest'$(comma) which skips the search-page test without it)
 
 postgres:
-	@if ls $(PG_INITDB) >/dev/null 2>&1; then exit 0; \
-	elif ! command -v apt-get >/dev/null; then \
-		echo "make test: $(PG_INITDB) is missing and there is no apt-get; install the PostgreSQL server with your package manager" >&2; exit 1; \
-	elif [ "$$(id -u)" = 0 ]; then SUDO=; \
-	elif command -v sudo >/dev/null; then SUDO=sudo; \
-	else echo "make test: $(PG_INITDB) is missing; as root run: apt-get update && apt-get install -y --no-install-recommends postgresql" >&2; \
-		echo "(or run '$(PY) -m pytest', which skips the PostgreSQL monitor-store tests without it)" >&2; exit 1; fi; \
-	$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+	@ls $(PG_INITDB) >/dev/null 2>&1 || { $(call apt_install,$(PG_INITDB),postgresql,or run '$(PY) -m pytest'$(comma) which skips the PostgreSQL monitor-store tests without it); }
 
 demo: $(STAMP) java
 	$(VENV)/bin/rsir demo --out out/demo
