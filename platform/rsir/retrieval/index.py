@@ -19,8 +19,10 @@ A piece is filled from a stream of vector chunks (one ``add`` per chunk, so memo
 piece's codes plus one chunk) by whichever worker builds it, and read back with
 ``IO_FLAG_MMAP``: the codes stay in the page cache, not in the process's heap. Deltas
 (appended segments) reuse the base's ``trained.faiss`` and add one more piece;
-:class:`IndexSearcher` searches every piece, skips tombstoned rows with an ID selector
-inside the search (so k live results come back), and merges the per-piece top-k.
+:class:`IndexSearcher` finds a query's inverted lists once on the quantizer every piece
+shares (all are filled from one trained index), scans each piece's part of those lists,
+skips tombstoned rows with an ID selector inside the search (so k live results come back),
+and merges the per-piece top-k.
 
 A search shard of an indexed version opens a contiguous group of whole pieces
 (:func:`shard_span`, an :class:`IndexSearcher` with ``span``) and reads its rows' raw
