@@ -143,6 +143,14 @@ def test_pieces_searched_on_shared_lists_equal_one_merged_index(tmp_path: Path, 
     np.testing.assert_allclose(got_s, want_s, rtol=1e-5)
 
 
+def test_held_out_rows_are_left_out_of_their_own_rankings() -> None:
+    from rsir.retrieval.index import _leave_out
+
+    rows = np.array([[3, 1, 2], [0, 5, 6], [7, 8, 9]])
+    assert _leave_out(rows, np.array([1, 9, 7]), 2).tolist() == [[3, 2], [0, 5], [8, 9]]
+    assert _leave_out(np.array([[4, -1]]), np.array([4]), 2).tolist() == [[-1, -1]]
+
+
 def test_flat_below_the_size_and_registry(tmp_path: Path) -> None:
     x = clustered(500, 8, 5, seed=2)
     q = clustered(7, 8, 5, seed=3)

@@ -428,20 +428,23 @@ def _write_meta(out: Path, meta: dict[str, Any]) -> None:
 
 def evaluate_index(out_dir: str | Path, n_rows: int, reader: Reader, opts: BuildOptions) -> dict[str, Any]:
     """Recall@k of the built index against exact search, for held-out archive rows as
-    queries (rows drawn with another seed than the training sample), at each nprobe
-    2^0..nlist; picks the smallest nprobe reaching ``opts.target_recall``."""
+    queries (rows drawn with another seed than the training sample), each left out of its
+    own results, at each nprobe 2^0..nlist; picks the smallest nprobe reaching
+    ``opts.target_recall``."""
     from rsir.retrieval.topk import ExactSearcher
 
-    _, queries = sample_rows(reader(0, n_rows), n_rows, opts.eval_queries, opts.seed + 1)
+    own, queries = sample_rows(reader(0, n_rows), n_rows, opts.eval_queries, opts.seed + 1)
+    # A held-out row finds itself first, which no real query does (queries are no archive
+    # rows): both rankings leave it out, so the recall is that of its neighbours.
     # Exact ground truth by one streamed pass (memory: one chunk and the running top-k).
-    truth = ExactSearcher(_Rechunk(reader, n_rows)).search(queries, opts.k)[1]
+    truth = _leave_out(ExactSearcher(_Rechunk(reader, n_rows)).search(queries, opts.k + 1)[1], own, opts.k)
     searcher = IndexSearcher([SegmentIndex(Path(out_dir), 0)])
     table = {}
     chosen = None
     nlist = max(1, IndexKey.parse(searcher.key).nlist)  # Flat: one exhaustive pass
     nprobe = 1
     while True:
-        found = searcher.search(queries, opts.k, nprobe=nprobe)[1]
+        found = _leave_out(searcher.search(queries, opts.k + 1, nprobe=nprobe)[1], own, opts.k)
         table[nprobe] = recall_at_k(found, truth, opts.k)
         if chosen is None and table[nprobe] >= opts.target_recall:
             chosen = nprobe
@@ -457,6 +460,15 @@ def evaluate_index(out_dir: str | Path, n_rows: int, reader: Reader, opts: Build
             "nprobe": best, f"recall@{opts.k}": table[best],
             "recall_by_nprobe": {str(p): r for p, r in table.items()},
             "target_reached": chosen is not None}
+
+
+def _leave_out(rows: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """Each ranking ``rows[i]`` without ``own[i]``, its first k others in order (-1 pads)."""
+    keep = rows != own[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept entries first, in order
+    out = np.take_along_axis(rows, order, 1)
+    out[~np.take_along_axis(keep, order, 1)] = -1
+    return out
 
 
 class _ReaderTask:
