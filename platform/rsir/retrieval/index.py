@@ -646,7 +646,7 @@ class IndexSearcher:
         if allowed is not None and not exact and self._kind != "flat":
             fraction = max(len(allowed), 1) / max(len(self), 1)
             nprobe = int(min(self.nlist, math.ceil((nprobe or self.nprobe or 1) / fraction)))
-        coarse = self._coarse(q, nprobe) if self._shared_coarse and self.pieces and not exact else None
+        coarse = self._coarse(q, nprobe) if self._shared_coarse and not exact else None
         all_s, all_i = [], []
         for p, (index, offset, store) in enumerate(self.pieces):
             n = index.ntotal

@@ -83,12 +83,11 @@ def _return_freed_pages() -> None:
     intermediates) back to the OS: a replica holds its part for hours, and neither Arrow's
     pool nor glibc's malloc returns them unasked."""
     import ctypes
-    import ctypes.util
 
     pa.default_memory_pool().release_unused()
-    libc = ctypes.util.find_library("c")
-    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc only
-        ctypes.CDLL(libc).malloc_trim(0)
+    malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's libc: glibc only
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def part_of_rows(version: str, start: int, table: pa.Table, dim: int, vectors: Any, ann: Any = None) -> Part:
