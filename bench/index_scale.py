@@ -16,11 +16,14 @@ Reported, each against a baseline measured in the same run:
 - filtered queries: a lon/lat box holding ~1% of the archive, recall@10 against exact
   filtered search;
 - the searcher process's memory: anonymous (heap) RSS against the index's bytes;
-- a search shard's part (``--shards``): the vectors published as an archive version with
-  its index and as one without, and the anonymous RSS of loading shard 0's part of each
-  (rsir.serve.archives.load_part, each in a fresh process, plus one top-k and one stats
-  query), with the bytes its ids and metadata hold, against the bytes of the index pieces
-  that shard opens.
+- queries/s at equal p99 under concurrent load: 1, 2, 4, 8 clients (``--clients``) each
+  sending one query after another to each searcher in this process; each searcher's
+  most q/s with its p99 within twice the baseline's p99 one query at a time;
+- a search shard's part (``--shards``): the anonymous RSS of loading shard 0's part
+  (rsir.serve.archives.load_part, in a fresh process, plus a top-k, a filtered top-k and
+  a stats query) of the indexed version split in ``--shards``, half as many, ... 1 shards
+  (its heap as its rows double), and of the same rows published without an index, against
+  the bytes of the index pieces and row files the shard maps.
 
 Run: ``PYTHONPATH=platform python bench/index_scale.py [--n 10000000]`` (10M: ~20 GB of
 scratch disk and ~25 min on 2 cores with ``--nlist 16384``; at 10M the budget's choice is
@@ -116,15 +119,29 @@ def rss() -> dict[str, int]:
     return out
 
 
-def latency(search, queries: np.ndarray) -> dict[str, float]:
-    times = []
-    for row in queries:
+def latency(search, queries: np.ndarray, clients: int = 1) -> dict[str, float]:
+    """Closed-loop load: ``clients`` threads each sending one query, then the next, until
+    the queries are done; q/s over the wall time, latency percentiles over the queries
+    (both searchers release the GIL inside FAISS, so clients run in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed(row: np.ndarray) -> float:
         t0 = time.perf_counter()
         search(row[None])
-        times.append(time.perf_counter() - t0)
-    t = np.array(times)
-    return {"qps": len(t) / t.sum(), "p50_ms": float(np.percentile(t, 50) * 1e3),
+        return time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        t = np.array(list(pool.map(timed, queries)))
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "qps": len(t) / wall, "p50_ms": float(np.percentile(t, 50) * 1e3),
             "p99_ms": float(np.percentile(t, 99) * 1e3)}
+
+
+def best_under(sweep: list[dict[str, float]], p99_ms: float) -> dict[str, float] | None:
+    """The sweep's point of most q/s whose p99 is within ``p99_ms``."""
+    ok = [pt for pt in sweep if pt["p99_ms"] <= p99_ms]
+    return max(ok, key=lambda pt: pt["qps"]) if ok else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--reuse", action="store_true", help="search the index already in --work")
-    p.add_argument("--shards", type=int, default=2, help="search shards of the part measured")
+    p.add_argument("--shards", type=int, default=2, help="search shards of the parts measured: shard 0 of "
+                   "this many, of half as many, ... down to 1 (its heap against its rows)")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8],
+                   help="concurrent clients of the load sweep")
     args = p.parse_args(argv)
     import faiss
 
@@ -218,6 +238,26 @@ def main(argv: list[str] | None = None) -> int:
           f"{ours['p99_ms']:.2f} ms) vs one in-RAM FAISS index {theirs['qps']:,.0f} q/s (p50 "
           f"{theirs['p50_ms']:.2f} ms, p99 {theirs['p99_ms']:.2f} ms; recall {r_b:.3f}): "
           f"ratio {ours['qps'] / theirs['qps']:.2f}x q/s, {ours['p99_ms'] / theirs['p99_ms']:.2f}x p99")
+    # Under concurrent load: each at the most q/s it reaches with p99 within a common bound
+    # (twice the baseline's p99 one query at a time), the clients swept.
+    omp = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # the clients are the parallelism, as in a server
+    sweeps = {name: [latency(fn, queries, c) for c in args.clients]
+              for name, fn in (("rsir", lambda v: searcher.search(v, 10)),
+                               ("faiss", lambda v, b=base: b.search(v, 10)))}
+    faiss.omp_set_num_threads(omp)
+    bound = 2 * theirs["p99_ms"]
+    at_bound = {name: best_under(sweep, bound) for name, sweep in sweeps.items()}
+    for c, a, b in zip(args.clients, sweeps["rsir"], sweeps["faiss"]):
+        print(f"[load] {c} clients: rsir {a['qps']:,.0f} q/s, p99 {a['p99_ms']:.1f} ms; in-RAM FAISS "
+              f"{b['qps']:,.0f} q/s, p99 {b['p99_ms']:.1f} ms")
+    if all(at_bound.values()):
+        a, b = at_bound["rsir"], at_bound["faiss"]
+        print(f"[qps at equal p99] p99 <= {bound:.1f} ms: rsir {a['qps']:,.0f} q/s ({a['clients']} clients) vs "
+              f"in-RAM FAISS {b['qps']:,.0f} q/s ({b['clients']} clients): ratio {a['qps'] / b['qps']:.2f}x")
+    else:
+        print(f"[qps at equal p99] p99 <= {bound:.1f} ms: not reached by "
+              f"{[n for n, pt in at_bound.items() if pt is None]}")
     del base, one
 
     # A box holding ~1% of the rows.
@@ -249,19 +289,22 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"shard_part": parts,
             "n": args.n, "key": meta["key"], "build_s": built["seconds"], "peak_heap": built["peak_heap"],
             "bytes_per_vector": meta["bytes_per_vector"], "recall@10": r, "baseline_recall@10": r_b,
-            "rsir": ours, "faiss_one_process": theirs, "filtered_exact_recall@10": r_f,
+            "rsir": ours, "faiss_one_process": theirs, "load_sweep": sweeps, "p99_bound_ms": bound,
+            "at_equal_p99": at_bound, "filtered_exact_recall@10": r_f,
             "filtered_ann_recall@10": r_fa, "filter_rows": int(len(allow)), "heap_bytes": anon,
             "index_bytes": meta["bytes"]}, indent=2))
     return 0
 
 
 # A fresh process loads shard ``shard`` of ``shards`` of one version as a search shard does
-# (rsir.serve.archives.load_part) and answers a top-k and a stats query (the raw-vector
-# path): its anonymous RSS after the load and after the queries, and the bytes its ids and
-# metadata hold (Arrow columns and the filters' numpy table), as JSON.
+# (rsir.serve.archives.load_part) and answers a top-k, a filtered top-k and a stats query
+# (the raw-vector path): its anonymous RSS after the load and after the queries, and the
+# bytes Arrow allocated for its rows (none when they are the index pieces' mapped files).
 _PART_PROBE = """
 import json, sys
 import numpy as np
+import pyarrow as pa
+from rsir.retrieval.filters import parse_filter
 from rsir.serve.archives import load_part
 from rsir.serve.search import Query, answer
 import faiss, pyarrow.parquet  # noqa: F401 - imports before the baseline
@@ -271,17 +314,16 @@ def anon():
 root, version, shard, shards = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 before = anon()
 part = load_part(root, version, shard, shards)
-loaded = anon()
-held = part.ids.nbytes + part.metadata.nbytes + sum(
-    v.nbytes for v in vars(part.table).values() if isinstance(v, np.ndarray))
+loaded, arrow = anon(), pa.total_allocated_bytes()
 class Held:
     def get(self, target, v):
         return part
 q = np.asarray(part.vectors[np.arange(4)], np.float32)
 answer(Held(), [Query("top_k", "images", version, k=10, q=q[0]),
+                Query("top_k", "images", version, k=10, q=q[3], filter=parse_filter({"bbox": [0, 0, 5, 5]})),
                 Query("stats", "images", version, qi=q[1], qt=q[2])], 65536)
-print(json.dumps({"rows": len(part.ids), "load_anon": loaded - before,
-                  "query_anon": anon() - before, "ids_and_metadata_bytes": held}))
+print(json.dumps({"rows": len(part.rows), "load_anon": loaded - before, "query_anon": anon() - before,
+                  "arrow_bytes": arrow}))
 """
 
 
@@ -296,38 +338,51 @@ def publish(root: Path, vec_path: Path, lonlat: np.ndarray) -> str:
 
 def shard_part_memory(work: Path, root: Path, version: str, vec_path: Path, lonlat: np.ndarray,
                       shards: int) -> dict:
-    """Shard 0's part of the indexed archive version and of the same rows published without
-    an index: anonymous RSS of each load (fresh processes) against the index bytes the
-    shard opens."""
+    """Shard 0's part of the indexed archive version at ``shards``, ``shards // 2``, ... 1
+    shards (its rows doubling each time) and, at ``shards``, of the same rows published
+    without an index: anonymous RSS of each load (fresh processes) against the bytes of
+    the index pieces, and of the rows' files, the shard maps."""
     import os
     import subprocess
     import sys
 
-    index_meta = json.loads((version_index_dir(root, version) / "index.json").read_text())
+    from rsir.retrieval.index import piece_rows_path
+
+    index_dir = version_index_dir(root, version)
+    index_meta = json.loads((index_dir / "index.json").read_text())
     plain_root = work / "archive-plain"
     plain = current_version(plain_root) if (plain_root / "CURRENT").is_file() else publish(plain_root, vec_path, lonlat)
-    start, stop = shard_span(piece_bounds(root, version), 0, shards)
-    pieces = sorted(version_index_dir(root, version).glob("piece-*.faiss"))
     bounds = np.cumsum([0, *(pc["rows"] for pc in index_meta["pieces"])])
-    opened = sum(f.stat().st_size for f, a in zip(pieces, bounds) if start <= a < stop)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "platform")}
 
-    def probe(root: Path, version: str) -> dict:
-        out = subprocess.run([sys.executable, "-c", _PART_PROBE, str(root), version, "0", str(shards)],
+    def probe(root: Path, version: str, n: int) -> dict:
+        out = subprocess.run([sys.executable, "-c", _PART_PROBE, str(root), version, "0", str(n)],
                              env=env, capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    ann, exact = probe(root, version), probe(plain_root, plain)
-    raw = ann["rows"] * DIM * 4
-    print(f"[shard part] shard 0 of {shards}, {ann['rows']:,} rows ({index_meta['key']}, pieces "
-          f"[{start}, {stop})): indexed load heap +{ann['load_anon'] / 1e6:,.1f} MB (+{ann['query_anon'] / 1e6:,.1f}"
-          f" MB after a top-k and a stats query), its ids and metadata holding "
-          f"{ann['ids_and_metadata_bytes'] / 1e6:,.1f} MB ({ann['ids_and_metadata_bytes'] / ann['rows']:.0f} B a row), "
-          f"vs its index pieces {opened / 1e6:,.1f} MB (memory-mapped); unindexed "
-          f"load +{exact['load_anon'] / 1e6:,.1f} MB (+{exact['query_anon'] / 1e6:,.1f} MB; its float32 "
-          f"rows {raw / 1e6:,.1f} MB)")
-    return {"indexed": ann, "unindexed": exact, "index_piece_bytes": opened,
-            "raw_bytes": raw, "key": index_meta["key"]}
+    def mapped_bytes(start: int, stop: int) -> tuple[int, int]:
+        pieces = [index_dir / pc["file"] for pc, a in zip(index_meta["pieces"], bounds) if start <= a < stop]
+        rows = sum(f.stat().st_size for p in pieces for f in piece_rows_path(p).iterdir())
+        return sum(p.stat().st_size for p in pieces), rows
+
+    out = {"key": index_meta["key"], "indexed": []}
+    n = shards
+    while n >= 1:
+        start, stop = shard_span(piece_bounds(root, version), 0, n)
+        ann = probe(root, version, n)
+        index_b, rows_b = mapped_bytes(start, stop)
+        print(f"[shard part] shard 0 of {n}, {ann['rows']:,} rows ({index_meta['key']}): load heap "
+              f"+{ann['load_anon'] / 1e6:,.1f} MB (+{ann['query_anon'] / 1e6:,.1f} MB after a top-k, a filtered "
+              f"top-k and a stats query; Arrow holds {ann['arrow_bytes'] / 1e6:,.1f} MB); memory-mapped: its index "
+              f"pieces {index_b / 1e6:,.1f} MB, its rows' ids, metadata and filter table {rows_b / 1e6:,.1f} MB")
+        out["indexed"].append({**ann, "shards": n, "index_piece_bytes": index_b, "row_file_bytes": rows_b})
+        n //= 2
+    exact = probe(plain_root, plain, shards)
+    print(f"[shard part] shard 0 of {shards} unindexed, {exact['rows']:,} rows: load heap "
+          f"+{exact['load_anon'] / 1e6:,.1f} MB (+{exact['query_anon'] / 1e6:,.1f} MB; its float32 rows "
+          f"{exact['rows'] * DIM * 4 / 1e6:,.1f} MB, Arrow holds {exact['arrow_bytes'] / 1e6:,.1f} MB)")
+    out["unindexed"] = exact
+    return out
 
 
 if __name__ == "__main__":

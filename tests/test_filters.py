@@ -14,10 +14,13 @@ from rsir.retrieval.filters import (
     MetadataTable,
     Oversampling,
     SearchFilter,
+    StackedMetadata,
     exact_top_k,
     filtered_top_k,
+    has_saved_metadata,
     parse_datetime,
     parse_filter,
+    save_metadata,
 )
 from rsir.retrieval.shards import merge_top_k, shard_range
 from rsir.retrieval.topk import ExactSearcher
@@ -101,6 +104,8 @@ def test_mask_matches_row_by_row_reading(f):
     cols = archive()
     table = MetadataTable(cols, 300)
     np.testing.assert_array_equal(table.candidates(parse_filter(f)), brute(cols, f))
+    # In blocks (a shard's millions of rows), the last one short.
+    np.testing.assert_array_equal(np.flatnonzero(table.mask(parse_filter(f), block=7)), brute(cols, f))
 
 
 @pytest.mark.parametrize("f", FILTERS, ids=[str(f) for f in FILTERS])
@@ -117,6 +122,44 @@ def test_mask_of_arrow_columns_read_from_parquet_matches_row_by_row_reading(f, t
     assert read.column("bbox").num_chunks > 1
     table = MetadataTable({name: read.column(name) for name in read.column_names}, 300)
     np.testing.assert_array_equal(table.candidates(parse_filter(f)), brute(cols, f))
+
+
+@pytest.mark.parametrize("f", FILTERS, ids=[str(f) for f in FILTERS])
+def test_saved_tables_stacked_with_tombstones_match_row_by_row_reading(f, tmp_path):
+    """A search shard's table of an indexed version: each piece's table saved (its own
+    category codes renumbered over all its batches), loaded memory-mapped, the pieces
+    stacked and their tombstones left out."""
+    import pyarrow as pa
+
+    cols = archive()
+    bounds = [0, 70, 70, 190, 300]  # an empty piece too
+    tables, codings = [], set()
+    for p, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        # Batches as a piece's writer sees them: Arrow columns, each batch coding its
+        # categories in the order they first appear in it.
+        batches = [MetadataTable({k: pa.array(v[lo:min(lo + 50, b)]) for k, v in cols.items()}, min(50, b - lo))
+                   for lo in range(a, b, 50)]
+        codings.update(tuple(t.class_names) for t in batches)
+        save_metadata(batches, b - a, tmp_path / f"piece-{p}")
+        tables.append(MetadataTable.load(tmp_path / f"piece-{p}"))
+    assert len(codings) > 1  # the codes were renumbered
+    assert isinstance(tables[0].bbox, np.memmap) and len(tables[1].class_names) == 0
+    deleted = np.array([0, 5, 69, 70, 150, 299])
+    live = np.setdiff1d(np.arange(300), deleted)
+    stacked = StackedMetadata(tables, deleted)
+    assert stacked.n == len(live)
+    np.testing.assert_array_equal(stacked.candidates(parse_filter(f)),
+                                  brute({k: [v[i] for i in live] for k, v in cols.items()}, f))
+
+
+def test_saving_fewer_or_more_rows_than_announced_is_refused(tmp_path):
+    cols = archive()
+    table = MetadataTable(cols, 300)
+    with pytest.raises(ValueError, match="300 rows, 301 expected"):
+        save_metadata([table], 301, tmp_path / "short")
+    with pytest.raises(ValueError, match="more than the 299 rows"):
+        save_metadata([table], 299, tmp_path / "long")
+    assert not has_saved_metadata(tmp_path / "short") and not has_saved_metadata(tmp_path / "long")
 
 
 def test_arrow_boxes_without_four_numbers_are_refused():

@@ -193,7 +193,8 @@ def test_archive_append_delete_compact(tmp_path: Path) -> None:
     assert delta["trained"].endswith(f"{v1}/index/trained.faiss") and len(delta["pieces"]) == 1
     assert not (root / v2 / "index" / "trained.faiss").exists()
     assert sorted(p.name for p in (root / v1 / "index").iterdir()) == [
-        "index.json", "piece-000.faiss", "piece-000.npy", "piece-001.faiss", "piece-001.npy", "trained.faiss"]
+        "index.json", "piece-000.faiss", "piece-000.npy", "piece-000.rows", "piece-001.faiss", "piece-001.npy",
+        "piece-001.rows", "trained.faiss"]
     # A delete: tombstones only.
     v3 = publish_archive(root, [], np.zeros((0, 16)), {"model": "m"}, base=v2, deleted=[5, 2100])
     assert build_version_index(root, v3, opts) is None
@@ -205,12 +206,13 @@ def test_archive_append_delete_compact(tmp_path: Path) -> None:
     assert np.array_equal(arc.vectors, x[keep]) and arc.metadata["n"] == keep.tolist()
     assert live_ids(root)[0] == arc.ids
     # A search shard's block of live rows spans segments and skips tombstones.
-    from rsir.retrieval.archive import load_archive_rows, read_columns
+    from rsir.retrieval.archive import embedding_matrix, read_archive_rows, read_columns
 
     for start, end in ((0, 2398), (3, 7), (1990, 2100), (2300, 2398), (10, 10)):
-        part = load_archive_rows(root, v3, start, end)
-        assert part.ids == arc.ids[start:end] and np.array_equal(part.vectors, arc.vectors[start:end])
-        assert part.metadata["n"] == arc.metadata["n"][start:end]
+        part = read_archive_rows(root, v3, start, end)
+        assert part.column("id").to_pylist() == arc.ids[start:end]
+        assert np.array_equal(embedding_matrix(part, 16), arc.vectors[start:end])
+        assert part.column("n").to_pylist() == arc.metadata["n"][start:end]
     assert read_columns(root, v3, ["id"]).column(0).to_pylist() == arc.ids
     s = open_searcher(root, nprobe=64)
     q = x[[5, 6, 2100, 2300]]

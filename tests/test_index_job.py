@@ -22,7 +22,9 @@ faiss = pytest.importorskip("faiss")
 def test_index_job_full_append_delete_compact(ray_session, tmp_path):
     from rsir.cli import main
     from rsir.retrieval.archive import load_archive, read_manifest
+    from rsir.retrieval.filters import StackedMetadata
     from rsir.retrieval.index import open_searcher
+    from rsir.serve.archives import load_part
 
     generate(tmp_path / "world", n_scenes=60, n_pairs=0, seed=3, val_fraction=0.3, test_fraction=0.4)
     shards = tmp_path / "world" / "single"
@@ -41,6 +43,14 @@ def test_index_job_full_append_delete_compact(ray_session, tmp_path):
         searcher = open_searcher(out / "visual", nprobe=1 << 20)
         _, rows = searcher.search(arc.vectors, 1)
         assert [arc.ids[r] for r in rows[:, 0]] == arc.ids  # each row finds itself
+        # A search shard reads the rows the job's piece tasks wrote beside the pieces,
+        # memory-mapped, tombstones left out: the archive's own ids and metadata.
+        part = load_part(str(out / "visual"), arc.version, 0, 1)
+        assert isinstance(part.table, StackedMetadata)
+        held = part.rows.take(np.arange(len(part.rows)))
+        assert [r["id"] for r in held] == arc.ids and "bbox" in arc.metadata
+        for name, values in arc.metadata.items():
+            assert [r[name] for r in held] == values, name
         return arc
 
     assert main(base) == 0

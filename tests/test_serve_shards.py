@@ -28,7 +28,7 @@ def test_shards_answer_their_blocks_and_merge_to_the_whole(tmp_path):
     shards = [ShardParts({"images": root}, i, 3) for i in range(3)]
     for s in shards:
         s.poll_once()
-    assert [len(s.get("images", version).ids) for s in shards] == [4, 3, 3]
+    assert [len(s.get("images", version).rows) for s in shards] == [4, 3, 3]
     q = unit(2, 8, 1)
     f = parse_filter({"bbox": [2.5, 0, 7.5, 1], "class_name": "a"})  # rows 2..7, even: 2, 4, 6
     for flt, k in ((None, 4), (f, 3), (f, 10)):
@@ -55,7 +55,7 @@ def test_a_shard_keeps_two_versions_and_loads_a_named_one(tmp_path):
     v3, _ = publish(root, 4, 2)
     shard.poll_once()
     assert shard.held() == {"images": sorted([v2, v3])}  # the first loaded went
-    assert len(shard.get("images", v1).ids) == 3  # asked for again: loaded again, rows 0..2
+    assert len(shard.get("images", v1).rows) == 3  # asked for again: loaded again, rows 0..2
     assert v1 in shard.held()["images"] and len(shard.held()["images"]) == 2
 
 

@@ -165,28 +165,73 @@ def segment_offsets(manifest: dict[str, Any]) -> list[tuple[str, int, int]]:
     return out
 
 
-def iter_vectors(root: str | Path, version: str, start: int = 0, stop: int | None = None,
-                 batch_rows: int = 65536) -> Iterator[np.ndarray]:
-    """Vectors of one version's own rows ``[start, stop)`` in chunks of ``batch_rows``,
-    read from its Parquet batch by batch (memory: one batch)."""
+def iter_batches(root: str | Path, version: str, start: int = 0, stop: int | None = None,
+                 columns: list[str] | None = None, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+    """``columns`` (all when None) of one version's own rows ``[start, stop)`` in batches of
+    at most ``batch_rows``, read from its Parquet row group by row group (memory: one
+    batch)."""
     f = pq.ParquetFile(Path(root) / version / EMBEDDINGS_FILE)
     stop = f.metadata.num_rows if stop is None else stop
     offset = 0
     for rg in range(f.num_row_groups):
         n = f.metadata.row_group(rg).num_rows
         if offset + n > start and offset < stop:
-            for batch in f.iter_batches(batch_rows, row_groups=[rg], columns=["embedding"]):
+            for batch in f.iter_batches(batch_rows, row_groups=[rg], columns=columns):
                 lo, hi = max(start - offset, 0), min(stop - offset, len(batch))
                 if hi > lo:
-                    col = batch.column(0)
-                    dim = col.type.list_size
-                    flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
-                    yield flat.reshape(len(batch), dim)[lo:hi]
+                    yield batch.slice(lo, hi - lo)
                 offset += len(batch)
         else:
             offset += n
         if offset >= stop:
             break
+
+
+def iter_vectors(root: str | Path, version: str, start: int = 0, stop: int | None = None,
+                 batch_rows: int = 65536) -> Iterator[np.ndarray]:
+    """Vectors of one version's own rows ``[start, stop)`` in chunks of ``batch_rows``
+    (:func:`iter_batches`)."""
+    for batch in iter_batches(root, version, start, stop, ["embedding"], batch_rows):
+        col = batch.column(0)
+        dim = col.type.list_size
+        flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
+        yield flat.reshape(len(batch), dim)
+
+
+def live_to_global(deleted: np.ndarray, live: np.ndarray | int) -> np.ndarray:
+    """Live positions -> global positions, ``deleted`` being the sorted tombstoned global
+    positions (the inverse of leaving them out and renumbering the rest)."""
+    live = np.asarray(live, dtype=np.int64)
+    # Tombstone j has deleted[j] - j live rows before it: live row i sits after every
+    # tombstone with deleted[j] - j <= i.
+    return live + np.searchsorted(deleted - np.arange(len(deleted)), live, side="right")
+
+
+@dataclass
+class RowBlock:
+    """The ``id`` and metadata columns of a block of an archive version's rows, read by
+    live position: ``table`` may still hold tombstoned rows (memory-mapped index pieces'
+    rows), ``deleted`` (sorted positions in ``table``) naming them."""
+
+    table: pa.Table
+    deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __post_init__(self) -> None:
+        self._batches = self.table.to_batches()
+        self._starts = np.cumsum([0] + [len(b) for b in self._batches])
+
+    def __len__(self) -> int:
+        return self.table.num_rows - len(self.deleted)
+
+    def take(self, live: np.ndarray) -> list[dict[str, Any]]:
+        """The rows at live positions ``live``, as dicts of their columns."""
+        # Row by row out of its batch: Table.take on many chunks copies whole columns,
+        # which would read a memory-mapped block into the heap.
+        out = []
+        for g in live_to_global(self.deleted, np.asarray(live, np.int64)).tolist():
+            b = int(np.searchsorted(self._starts, g, side="right")) - 1
+            out.append(self._batches[b].slice(g - int(self._starts[b]), 1).to_pylist()[0])
+        return out
 
 
 def live_ids(root: str | Path, version: str | None = None) -> tuple[list[str], np.ndarray]:
@@ -305,10 +350,8 @@ def read_archive_rows(root: str | Path, version: str, start: int, end: int,
     root = Path(root)
     manifest = read_manifest(root, version)
     deleted = read_deleted(root, version)
-    # Live position -> global position (as rsir.retrieval.index.IndexSearcher.to_global).
-    shift = deleted - np.arange(len(deleted))
-    g_start = start + int(np.searchsorted(shift, start, side="right"))
-    g_end = (end - 1 + int(np.searchsorted(shift, end - 1, side="right")) + 1) if end > start else g_start
+    g_start = int(live_to_global(deleted, start))
+    g_end = int(live_to_global(deleted, end - 1)) + 1 if end > start else g_start
     names = None
     vector_cols = ["embedding"] if vectors else []
     pieces = []
@@ -343,15 +386,3 @@ def embedding_matrix(table: pa.Table, dim: int) -> np.ndarray:
     (the table's buffers can go)."""
     emb = table.column("embedding").combine_chunks()
     return np.array(emb.flatten().to_numpy(zero_copy_only=False).reshape(len(table), dim), dtype=np.float32)
-
-
-def load_archive_rows(root: str | Path, version: str, start: int, end: int,
-                      columns: list[str] | None = None, vectors: bool = True) -> Archive:
-    """:func:`read_archive_rows` as an :class:`Archive` (Python lists of ids and metadata;
-    ``vectors`` False: ``vectors`` [n, 0], an indexed shard reads them from its index)."""
-    table = read_archive_rows(root, version, start, end, columns, vectors)
-    manifest = read_manifest(root, version)
-    matrix = embedding_matrix(table, manifest["dim"]) if vectors else np.zeros((len(table), 0), np.float32)
-    return Archive(version=version, ids=table.column("id").to_pylist(), vectors=matrix, manifest=manifest,
-                   metadata={name: table.column(name).to_pylist() for name in table.column_names
-                             if name not in ("id", "embedding")})

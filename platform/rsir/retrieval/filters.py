@@ -28,10 +28,12 @@ by asking for more results until k pass, ending with the exact search when it ca
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -72,6 +74,7 @@ class SearchFilter:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NULL_TIME = np.iinfo(np.int64).min  # a row without a time
 
 
 def _micros(when: datetime) -> int:
@@ -162,14 +165,13 @@ def parse_filter(value: Any) -> SearchFilter:
 def _times(values: Sequence[Any] | pa.Array | pa.ChunkedArray) -> np.ndarray:
     """datetimes (or None), or an Arrow timestamp column -> int64 microseconds, with
     INT64_MIN for null."""
-    null = np.iinfo(np.int64).min
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         if pa.types.is_null(values.type):
-            return np.full(len(values), null, np.int64)
+            return np.full(len(values), _NULL_TIME, np.int64)
         # Arrow keeps a timestamp as epoch units, UTC (a naive one as if UTC, as _micros).
         micros = pc.cast(values, pa.timestamp("us", values.type.tz), safe=False).cast(pa.int64())
-        return np.asarray(micros.fill_null(null).to_numpy(), np.int64)
-    return np.array([null if v is None else _micros(v) for v in values], dtype=np.int64)
+        return np.asarray(micros.fill_null(_NULL_TIME).to_numpy(), np.int64)
+    return np.array([_NULL_TIME if v is None else _micros(v) for v in values], dtype=np.int64)
 
 
 def _boxes(values: Sequence[Any] | pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
@@ -238,14 +240,36 @@ def boxes_intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return lat & lon
 
 
-class MetadataTable:
+# A MetadataTable's arrays (dtype, shape of a row), as :func:`save_metadata` writes them.
+_ARRAYS = {"bbox": (np.float64, (4,)), "t_start": (np.int64, ()), "t_end": (np.int64, ()),
+           "class_codes": (np.int32, ()), "sensor_codes": (np.int32, ()), "changed": (np.int8, ())}
+_NAMES_FILE = "names.json"
+
+
+class _Filterable:
+    """A table of rows that a :class:`SearchFilter` masks."""
+
+    n: int
+
+    def mask(self, f: SearchFilter) -> np.ndarray:
+        raise NotImplementedError
+
+    def candidates(self, f: SearchFilter | None) -> np.ndarray | None:
+        """The passing rows (sorted int64), or None when ``f`` restricts nothing."""
+        if f is None or f.empty:
+            return None
+        return np.flatnonzero(self.mask(f))
+
+
+class MetadataTable(_Filterable):
     """Per-row metadata of an archive as numpy columns, for :meth:`mask`.
 
     ``columns``: name -> one value per row, as an archive's metadata holds them (``bbox``
     lists of 4 floats or None; ``acquired`` / ``acquired_t2`` datetimes or None;
     ``class_name`` / ``sensor`` strings or None; ``changed`` bools or None), or an Arrow
     column of them (a search shard's millions of rows: converted without a Python object
-    per row). A missing column reads as all null.
+    per row). A missing column reads as all null. :func:`save_metadata` writes tables to
+    disk and :meth:`load` maps them back without reading them into the heap.
     """
 
     def __init__(self, columns: Mapping[str, Sequence[Any] | pa.Array | pa.ChunkedArray], n: int) -> None:
@@ -261,38 +285,105 @@ class MetadataTable:
 
         self.bbox = _boxes(col("bbox"), n)
         t1, t2 = _times(col("acquired")), _times(col("acquired_t2"))
-        null = np.iinfo(np.int64).min
-        self.t_start = np.where((t2 != null) & (t2 < t1), t2, t1)
-        self.t_end = np.where(t2 != null, np.maximum(t1, t2), t1)
-        self.has_time = t1 != null
+        # Null t1 (the smallest int64) stays the start: no t2 is below it.
+        self.t_start = np.where((t2 != _NULL_TIME) & (t2 < t1), t2, t1)
+        self.t_end = np.where(t2 != _NULL_TIME, np.maximum(t1, t2), t1)
         self.class_codes, self.class_names = _categories(col("class_name"))
         self.sensor_codes, self.sensor_names = _categories(col("sensor"))
         self.changed = _flags(col("changed"))
 
-    def mask(self, f: SearchFilter) -> np.ndarray:
-        """Boolean [n]: the rows that pass every field of ``f``."""
+    @property
+    def has_time(self) -> np.ndarray:
+        """Boolean [n]: the row has an ``acquired`` time."""
+        return self.t_start != _NULL_TIME
+
+    @classmethod
+    def load(cls, path: str | Path, mmap: bool = True) -> MetadataTable:
+        """The table :func:`save_metadata` wrote to directory ``path``, its arrays
+        memory-mapped (``mmap``): they stay in the file's pages, not in the heap."""
+        path = Path(path)
+        names = json.loads((path / _NAMES_FILE).read_text(encoding="utf-8"))
+        table = cls.__new__(cls)
+        for name in _ARRAYS:
+            setattr(table, name, np.load(path / f"{name}.npy", mmap_mode="r" if mmap else None))
+        table.n = len(table.t_start)
+        table.class_names = np.array(names["class_names"], dtype=object)
+        table.sensor_names = np.array(names["sensor_names"], dtype=object)
+        return table
+
+    def mask(self, f: SearchFilter, block: int = 65536) -> np.ndarray:
+        """Boolean [n]: the rows that pass every field of ``f``, computed ``block`` rows
+        at a time (a shard's millions of rows: the temporaries stay one block's)."""
         keep = np.ones(self.n, bool)
-        if f.bbox is not None:
-            keep &= boxes_intersect(self.bbox, np.asarray(f.bbox, dtype=np.float64))
-        if f.has_datetime:
-            keep &= self.has_time
-            if f.end is not None:
-                keep &= self.t_start <= f.end
-            if f.start is not None:
-                keep &= self.t_end >= f.start
-        if f.class_name is not None:
-            keep &= _isin(self.class_codes, self.class_names, f.class_name)
-        if f.sensor is not None:
-            keep &= _isin(self.sensor_codes, self.sensor_names, f.sensor)
-        if f.changed is not None:
-            keep &= self.changed == int(f.changed)
+        for a in range(0, self.n, block):
+            b = min(a + block, self.n)
+            k = keep[a:b]
+            if f.bbox is not None:
+                k &= boxes_intersect(self.bbox[a:b], np.asarray(f.bbox, dtype=np.float64))
+            if f.has_datetime:
+                k &= self.t_start[a:b] != _NULL_TIME  # has a time
+                if f.end is not None:
+                    k &= self.t_start[a:b] <= f.end
+                if f.start is not None:
+                    k &= self.t_end[a:b] >= f.start
+            if f.class_name is not None:
+                k &= _isin(self.class_codes[a:b], self.class_names, f.class_name)
+            if f.sensor is not None:
+                k &= _isin(self.sensor_codes[a:b], self.sensor_names, f.sensor)
+            if f.changed is not None:
+                k &= self.changed[a:b] == int(f.changed)
         return keep
 
-    def candidates(self, f: SearchFilter | None) -> np.ndarray | None:
-        """The passing rows (sorted int64), or None when ``f`` restricts nothing."""
-        if f is None or f.empty:
-            return None
-        return np.flatnonzero(self.mask(f))
+
+def save_metadata(tables: Iterable[MetadataTable], n: int, out: str | Path) -> None:
+    """Consecutive tables of ``n`` rows in all, saved as one table in directory ``out``
+    (a ``.npy`` per array, filled table by table: memory is one table) for
+    :meth:`MetadataTable.load`. Category codes are renumbered over the names of all the
+    tables, kept in ``names.json``, written last (its presence says the table is whole)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {name: np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=dtype, shape=(n, *shape))
+              for name, (dtype, shape) in _ARRAYS.items()}
+    lookups: dict[str, dict[str, int]] = {"class": {}, "sensor": {}}
+    at = 0
+    for table in tables:
+        if at + table.n > n:
+            raise ValueError(f"{out}: the tables hold more than the {n} rows expected")
+        for name in ("bbox", "t_start", "t_end", "changed"):
+            arrays[name][at:at + table.n] = getattr(table, name)
+        for kind, lookup in lookups.items():
+            names = getattr(table, f"{kind}_names")
+            # Code -1 (null) indexes the appended -1.
+            lut = np.array([lookup.setdefault(str(v), len(lookup)) for v in names] + [-1], np.int32)
+            arrays[f"{kind}_codes"][at:at + table.n] = lut[getattr(table, f"{kind}_codes")]
+        at += table.n
+    if at != n:
+        raise ValueError(f"{out}: the tables hold {at} rows, {n} expected")
+    for array in arrays.values():
+        array.flush()
+    del arrays
+    names_json = {f"{kind}_names": list(lookup) for kind, lookup in lookups.items()}
+    (out / _NAMES_FILE).write_text(json.dumps(names_json), encoding="utf-8")
+
+
+def has_saved_metadata(path: str | Path) -> bool:
+    """Whether directory ``path`` holds a whole table of :func:`save_metadata`."""
+    return (Path(path) / _NAMES_FILE).is_file()
+
+
+class StackedMetadata(_Filterable):
+    """Consecutive tables (a search shard's index pieces) read as one table of their live
+    rows: ``deleted`` (sorted positions in the stack: tombstones) are left out."""
+
+    def __init__(self, tables: Sequence[MetadataTable], deleted: np.ndarray | None = None) -> None:
+        self.tables = list(tables)
+        self.deleted = np.zeros(0, np.int64) if deleted is None else np.asarray(deleted, np.int64)
+        self.n = sum(t.n for t in self.tables) - len(self.deleted)
+
+    def mask(self, f: SearchFilter) -> np.ndarray:
+        """Boolean [n] over the live rows (each table masked, then the tombstones dropped)."""
+        keep = np.concatenate([t.mask(f) for t in self.tables]) if self.tables else np.zeros(0, bool)
+        return np.delete(keep, self.deleted) if len(self.deleted) else keep
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ An index of one archive segment is a directory::
       index.json        key, dim, nprobe, pieces (file, rows), report (recall@10, bytes)
       trained.faiss     the trained, empty index (centroids, PQ codebooks, OPQ rotation)
       piece-000.faiss   rows [0, n0) of the segment, ids local to the piece
+      piece-000.npy     their raw vectors (PQ with refine > 0: the exact re-scoring)
+      piece-000.rows/   their id and metadata columns (Arrow IPC) and filter table (.npy),
+                        for a search shard to memory-map (archive versions only)
       piece-001.faiss   ...
 
 A piece is filled from a stream of vector chunks (one ``add`` per chunk, so memory is the
@@ -26,7 +29,8 @@ and merges the per-piece top-k.
 
 A search shard of an indexed version opens a contiguous group of whole pieces
 (:func:`shard_span`, an :class:`IndexSearcher` with ``span``) and reads its rows' raw
-vectors from them (:class:`PieceVectors`), so its heap does not grow with the archive.
+vectors (:class:`PieceVectors`), ids, metadata and filter table (:func:`open_span_rows`)
+from them, memory-mapped, so its heap does not grow with the archive.
 """
 
 from __future__ import annotations
@@ -39,9 +43,14 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from rsir.retrieval.filters import MetadataTable
 
 log = logging.getLogger(__name__)
 
@@ -522,6 +531,23 @@ class SegmentIndex:
     offset: int
 
 
+def _span_pieces(seg: SegmentIndex, meta: dict[str, Any],
+                 span: tuple[int, int] | None) -> Iterator[tuple[dict[str, Any], int]]:
+    """The pieces of segment ``seg``'s index (``meta``: its index.json) that have rows and
+    lie inside global ``span`` (all when None), with their global offsets; raises naming a
+    piece that straddles the span."""
+    offset = seg.offset
+    for piece in meta["pieces"]:
+        stop = offset + piece["rows"]
+        if span is not None and offset < span[1] and stop > span[0] and \
+                not span[0] <= offset <= stop <= span[1]:
+            raise ValueError(f"{seg.index_dir}: {piece['file']} (rows [{offset}, {stop})) "
+                             f"straddles the span {span}; take spans from shard_span")
+        if piece["rows"] and (span is None or span[0] <= offset < span[1]):
+            yield piece, offset
+        offset = stop
+
+
 class IndexSearcher:
     """Top-k inner product over the pieces of several segments' indexes (a base and its
     deltas), every piece memory-mapped.
@@ -556,19 +582,11 @@ class IndexSearcher:
             self.dim = meta["dim"]
             self.nprobe = self.nprobe or meta.get("nprobe")
             trained.add((seg.index_dir / meta["trained"]).resolve())
-            offset = seg.offset
             self.refine = meta.get("refine", 0)
-            for piece in meta["pieces"]:
-                stop = offset + piece["rows"]
-                if span is not None and offset < span[1] and stop > span[0] and \
-                        not span[0] <= offset <= stop <= span[1]:
-                    raise ValueError(f"{seg.index_dir}: {piece['file']} (rows [{offset}, {stop})) "
-                                     f"straddles the span {span}; take spans from shard_span")
-                if piece["rows"] and (span is None or span[0] <= offset < span[1]):
-                    path = seg.index_dir / piece["file"]
-                    store = np.load(refine_path(path), mmap_mode="r") if self.refine else None
-                    self.pieces.append((read_index(path, self.key, mmap), offset - (span or (0,))[0], store))
-                offset = stop
+            for piece, offset in _span_pieces(seg, meta, span):
+                path = seg.index_dir / piece["file"]
+                store = np.load(refine_path(path), mmap_mode="r") if self.refine else None
+                self.pieces.append((read_index(path, self.key, mmap), offset - (span or (0,))[0], store))
         if not segments:
             raise ValueError("no index segments to search")
         self.total = sum(p.ntotal for p, _, _ in self.pieces)
@@ -596,10 +614,9 @@ class IndexSearcher:
 
     def to_global(self, live: np.ndarray) -> np.ndarray:
         """Live positions -> global positions (inverse of the renumbering)."""
-        live = np.asarray(live, dtype=np.int64)
-        # Tombstone j has deleted[j] - j live rows before it: live row i sits after every
-        # tombstone with deleted[j] - j <= i.
-        return live + np.searchsorted(self.deleted - np.arange(len(self.deleted)), live, side="right")
+        from rsir.retrieval.archive import live_to_global
+
+        return live_to_global(self.deleted, live)
 
     def _params(self, selector: Any, nprobe: int | None) -> Any:
         import faiss
@@ -742,7 +759,7 @@ class PieceVectors:
         """Vectors [len(rows), D] of live positions ``rows`` (an int array or a slice)."""
         if self.missing:
             raise RawVectorsMissing(self.missing)
-        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows, np.int64)
+        rows = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else np.asarray(rows, np.int64)
         out = np.empty((len(rows), self.shape[1]), np.float32)
         rows_global = self.searcher.to_global(rows)
         piece = np.searchsorted(self.offsets, rows_global, side="right") - 1
@@ -845,7 +862,48 @@ class _PieceTask:
         return iter_vectors(self.root, self.version, start, stop, self.batch_rows)
 
     def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
-        return _ReaderTask(self.reader)(task)
+        import pyarrow.parquet as pq
+
+        from rsir.retrieval.archive import EMBEDDINGS_FILE, iter_batches
+
+        done = _ReaderTask(self.reader)(task)
+        schema = pq.read_schema(Path(self.root) / self.version / EMBEDDINGS_FILE)
+        columns = [c for c in schema.names if c != "embedding"]
+        write_piece_rows(iter_batches(self.root, self.version, task["start"], task["stop"], columns,
+                                      self.batch_rows), done["rows"], piece_rows_path(task["out"]))
+        return done
+
+
+ROWS_FILE = "rows.arrow"
+
+
+def piece_rows_path(piece: str | Path) -> Path:
+    """Where a piece keeps its rows (``piece-000.faiss`` -> ``piece-000.rows/``)."""
+    return Path(piece).with_suffix(".rows")
+
+
+def write_piece_rows(batches: Iterable[pa.RecordBatch], n: int, out: str | Path) -> None:
+    """A piece's ``n`` rows (``id`` and metadata columns, in batches) into directory ``out``
+    for a search shard to memory-map instead of holding them: an uncompressed Arrow IPC
+    file (read back zero-copy) and their filter table
+    (rsir.retrieval.filters.save_metadata, written last). Memory: one batch."""
+    import pyarrow as pa
+
+    from rsir.retrieval.filters import MetadataTable, save_metadata
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def tables() -> Iterator[MetadataTable]:
+        writer = None
+        for batch in batches:
+            writer = writer or pa.ipc.new_file(out / ROWS_FILE, batch.schema)
+            writer.write_batch(batch)
+            yield MetadataTable({name: batch.column(name) for name in batch.schema.names}, len(batch))
+        if writer is not None:
+            writer.close()
+
+    save_metadata(tables(), n, out)
 
 
 def piece_bounds(root: str | Path, version: str) -> list[int]:
@@ -880,10 +938,18 @@ def open_searcher(root: str | Path, version: str | None = None, nprobe: int | No
     """An :class:`IndexSearcher` over every segment of ``version`` (default: current) with
     its tombstones (``span``: over those pieces only); raises ``FileNotFoundError`` naming
     a segment without an index."""
-    from rsir.retrieval.archive import current_version, read_deleted, read_manifest, segment_offsets
+    from rsir.retrieval.archive import current_version, read_deleted
 
-    root = Path(root)
     version = version or current_version(root)
+    return IndexSearcher(version_segments(root, version), read_deleted(root, version), ids=ids,
+                         nprobe=nprobe, mmap=mmap, span=span)
+
+
+def version_segments(root: str | Path, version: str) -> list[SegmentIndex]:
+    """The index of each segment of ``version`` with rows; raises ``FileNotFoundError``
+    naming a segment without one."""
+    from rsir.retrieval.archive import read_manifest, segment_offsets
+
     segments = []
     for seg, offset, rows in segment_offsets(read_manifest(root, version)):
         if rows == 0:
@@ -893,8 +959,32 @@ def open_searcher(root: str | Path, version: str | None = None, nprobe: int | No
             raise FileNotFoundError(f"{root}: segment {seg} of version {version} has no index "
                                     f"(missing {d / INDEX_META}); run `rsir index` on it")
         segments.append(SegmentIndex(d, offset))
-    return IndexSearcher(segments, read_deleted(root, version), ids=ids, nprobe=nprobe, mmap=mmap,
-                         span=span)
+    return segments
+
+
+def open_span_rows(root: str | Path, version: str,
+                   span: tuple[int, int]) -> tuple[pa.Table, list[MetadataTable]] | None:
+    """The rows of the pieces inside ``span`` (:func:`shard_span`), tombstones included,
+    as their pieces keep them (:func:`write_piece_rows`), memory-mapped: the ``id`` and
+    metadata columns as one Arrow table and each piece's filter table. None when a piece
+    keeps no rows (an index built before pieces did)."""
+    import pyarrow as pa
+
+    from rsir.retrieval.filters import MetadataTable, has_saved_metadata
+
+    tables, filters = [], []
+    for seg in version_segments(root, version):
+        meta = json.loads((seg.index_dir / INDEX_META).read_text(encoding="utf-8"))
+        for piece, _ in _span_pieces(seg, meta, span):
+            path = piece_rows_path(seg.index_dir / piece["file"])
+            if not has_saved_metadata(path):
+                return None
+            # An uncompressed IPC file read from a memory map: the columns are its pages.
+            tables.append(pa.ipc.open_file(pa.memory_map(str(path / ROWS_FILE))).read_all())
+            filters.append(MetadataTable.load(path))
+    if not tables:
+        return pa.table({"id": pa.array([], pa.string())}), []
+    return pa.concat_tables(tables, promote_options="default"), filters
 
 
 class AutoIndexSearcher(IndexSearcher):

@@ -1,9 +1,10 @@
 """The archive versions replicas hold, and the poller that picks up a new ``CURRENT``.
 
 A search shard holds, per target, its block of rows of the last two versions it loaded
-(:class:`ShardParts`): vectors (in its heap, or for an indexed version its index pieces
-memory-mapped), ids and metadata as Arrow columns (no Python object per row) and the
-numpy table its filters run on. The
+(:class:`ShardParts`): its vectors, its rows' ids and metadata (Arrow columns, no Python
+object per row) and the numpy table its filters run on. An unindexed version's are read
+from its Parquet into the heap; an indexed version's are its index pieces' files,
+memory-mapped, so the heap does not grow with the archive. The
 ingress holds no vectors: per target the version it serves, its manifest (rows, dim,
 model) and, for the captions archive, each image's captions (text only), which image
 results show (:class:`VersionIndex`).
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Part:
-    """Shard ``shard``'s live rows ``[start, start + len(ids))`` of one archive version.
+    """Shard ``shard``'s live rows ``[start, start + len(rows))`` of one archive version.
 
     Unindexed: ``vectors`` is the rows' float32 matrix in the heap and search is exact.
     Indexed: ``ann`` is the index over the shard's own pieces, memory-mapped, and
@@ -32,10 +33,9 @@ class Part:
 
     version: str
     start: int
-    ids: pa.Array  # strings
+    rows: Any  # rsir.retrieval.archive.RowBlock: ids and metadata by live position
     vectors: Any  # [n, D] float32: np.ndarray, or PieceVectors when indexed
-    metadata: pa.Table  # the archive's metadata columns of these rows
-    table: Any  # rsir.retrieval.filters.MetadataTable
+    table: Any  # rsir.retrieval.filters.MetadataTable or StackedMetadata
     dim: int
     ann: Any = None  # rsir.retrieval.filters.CandidateSearcher
 
@@ -50,8 +50,17 @@ def load_part(root: str, version: str, shard: int, shards: int) -> Part:
     whole index pieces (rsir.retrieval.index.shard_span), an unindexed one's
     ``shard_range`` of its live rows; either way the shards' blocks are contiguous and
     partition the live rows, which is all the ingress's merge assumes."""
-    from rsir.retrieval.archive import embedding_matrix, read_archive_rows, read_deleted, read_manifest
-    from rsir.retrieval.index import IndexCandidates, PieceVectors, has_index, open_searcher, piece_bounds, shard_span
+    from rsir.retrieval.archive import RowBlock, embedding_matrix, read_archive_rows, read_deleted, read_manifest
+    from rsir.retrieval.filters import StackedMetadata
+    from rsir.retrieval.index import (
+        IndexCandidates,
+        PieceVectors,
+        has_index,
+        open_searcher,
+        open_span_rows,
+        piece_bounds,
+        shard_span,
+    )
     from rsir.retrieval.shards import shard_range
 
     manifest = read_manifest(root, version)
@@ -60,6 +69,7 @@ def load_part(root: str, version: str, shard: int, shards: int) -> Part:
         start, end = shard_range(int(manifest["rows"]), shard, shards)
         table = read_archive_rows(root, version, start, end)
         part = part_of_rows(version, start, table, dim, embedding_matrix(table, dim))
+        del table  # the Arrow copy of the vectors, before the freed pages go back
     else:
         bounds = piece_bounds(root, version)
         span = shard_span(bounds, shard, shards)
@@ -71,9 +81,17 @@ def load_part(root: str, version: str, shard: int, shards: int) -> Part:
         # The span's live rows: its global ends less the tombstones before each.
         start, end = (int(g - np.searchsorted(deleted, g)) for g in span)
         searcher = open_searcher(root, version, span=span)
-        table = read_archive_rows(root, version, start, end, vectors=False)
-        part = part_of_rows(version, start, table, dim, PieceVectors(searcher), IndexCandidates(searcher))
-    del table
+        mapped = open_span_rows(root, version, span)
+        if mapped is not None:
+            # The pieces' rows include their tombstones: the searcher's, local to the span.
+            part = Part(version, start, RowBlock(mapped[0], searcher.deleted), PieceVectors(searcher),
+                        StackedMetadata(mapped[1], searcher.deleted), dim, IndexCandidates(searcher))
+        else:
+            log.warning("%s version %s: its index pieces keep no rows (built before they did), so "
+                        "shard %d holds its ids and metadata in its heap; run `rsir index` on it again",
+                        root, version, shard)
+            part = part_of_rows(version, start, read_archive_rows(root, version, start, end, vectors=False),
+                                dim, PieceVectors(searcher), IndexCandidates(searcher))
     _return_freed_pages()
     return part
 
@@ -93,12 +111,12 @@ def _return_freed_pages() -> None:
 def part_of_rows(version: str, start: int, table: pa.Table, dim: int, vectors: Any, ann: Any = None) -> Part:
     """The :class:`Part` of an archive table's rows (rsir.retrieval.archive.read_archive_rows)
     whose vectors are ``vectors``."""
+    from rsir.retrieval.archive import RowBlock
     from rsir.retrieval.filters import MetadataTable
 
-    metadata = table.drop_columns([c for c in ("id", "embedding") if c in table.column_names])
-    columns = {name: metadata.column(name) for name in metadata.column_names}
-    return Part(version, start, table.column("id").combine_chunks(), vectors, metadata,
-                MetadataTable(columns, len(table)), dim, ann)
+    rows = table.drop_columns([c for c in ("embedding",) if c in table.column_names])
+    columns = {name: rows.column(name) for name in rows.column_names if name != "id"}
+    return Part(version, start, RowBlock(rows), vectors, MetadataTable(columns, len(table)), dim, ann)
 
 
 class ShardParts:
@@ -125,7 +143,7 @@ class ShardParts:
                 # Drop the first loaded beyond ``keep``.
                 self.parts = {**self.parts, target: dict(list(held.items())[-self.keep:])}
                 log.info("shard %d: %s version %s (%d rows from %d)", self.shard, target,
-                         version, len(part.ids), part.start)
+                         version, len(part.rows), part.start)
         return part
 
     def held(self) -> dict[str, list[str]]:

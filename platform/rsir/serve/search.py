@@ -62,21 +62,17 @@ def _lists(value: Any) -> Any:
     return [_lists(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
 
 
-def describe(part: Part, row: int, target: str) -> dict[str, Any]:
-    """The JSON of one hit: id, the target's fields, and its geography and dates."""
-    meta = part.metadata
-
-    def get(name: str) -> Any:
-        return meta.column(name)[row].as_py() if name in meta.column_names else None
-
-    item: dict[str, Any] = {"id": part.ids[row].as_py()}
+def describe(row: dict[str, Any], target: str) -> dict[str, Any]:
+    """The JSON of one hit from its row (rsir.retrieval.archive.RowBlock.take): id, the
+    target's fields, and its geography and dates."""
+    item: dict[str, Any] = {"id": row["id"]}
     if target == "captions":
-        item.update({k: get(k) for k in ("text", "lang", "owner") if k in meta.column_names})
-    elif "changed" in meta.column_names:
-        item["changed"] = get("changed")
-    item.update(footprint=geometry_json(get("footprint")), bbox=get("bbox"),
-                acquired=_iso(get("acquired")), acquired_t2=_iso(get("acquired_t2")),
-                class_name=get("class_name"), sensor=get("sensor"))
+        item.update({k: row[k] for k in ("text", "lang", "owner") if k in row})
+    elif "changed" in row:
+        item["changed"] = row["changed"]
+    item.update(footprint=geometry_json(row.get("footprint")), bbox=row.get("bbox"),
+                acquired=_iso(row.get("acquired")), acquired_t2=_iso(row.get("acquired_t2")),
+                class_name=row.get("class_name"), sensor=row.get("sensor"))
     return item
 
 
@@ -84,7 +80,8 @@ def _hits(part: Part, target: str, scores: np.ndarray, rows: np.ndarray,
           with_vectors: bool) -> dict[str, Any]:
     keep = rows >= 0
     scores, rows = scores[keep], rows[keep]
-    return {"scores": scores.astype(np.float32), "hits": [describe(part, int(r), target) for r in rows],
+    return {"scores": scores.astype(np.float32),
+            "hits": [describe(row, target) for row in part.rows.take(rows)],
             "vectors": part.vectors[rows] if with_vectors else None}
 
 
