@@ -141,6 +141,10 @@ def test_pieces_searched_on_shared_lists_equal_one_merged_index(tmp_path: Path, 
     got_s, got_live = searcher.search(q, 10)
     assert (searcher.to_global(got_live) == want_i).all()
     np.testing.assert_allclose(got_s, want_s, rtol=1e-5)
+    # One quantizer in memory for the three pieces: the first piece's, which it alone owns.
+    ivfs = [faiss.extract_index_ivf(index) for index, _, _ in searcher.pieces]
+    assert len({int(ivf.quantizer.this) for ivf in ivfs}) == 1
+    assert [bool(ivf.own_fields) for ivf in ivfs] == [True, False, False]
 
 
 def test_held_out_rows_are_left_out_of_their_own_rankings() -> None:
