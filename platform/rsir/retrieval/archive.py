@@ -227,11 +227,10 @@ class RowBlock:
         """The rows at live positions ``live``, as dicts of their columns."""
         # Row by row out of its batch: Table.take on many chunks copies whole columns,
         # which would read a memory-mapped block into the heap.
-        out = []
-        for g in live_to_global(self.deleted, np.asarray(live, np.int64)).tolist():
-            b = int(np.searchsorted(self._starts, g, side="right")) - 1
-            out.append(self._batches[b].slice(g - int(self._starts[b]), 1).to_pylist()[0])
-        return out
+        rows = live_to_global(self.deleted, live)
+        batch = np.searchsorted(self._starts, rows, side="right") - 1
+        return [self._batches[b].slice(g - a, 1).to_pylist()[0]
+                for g, b, a in zip(rows.tolist(), batch.tolist(), self._starts[batch].tolist())]
 
 
 def live_ids(root: str | Path, version: str | None = None) -> tuple[list[str], np.ndarray]:

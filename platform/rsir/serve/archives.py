@@ -114,7 +114,7 @@ def part_of_rows(version: str, start: int, table: pa.Table, dim: int, vectors: A
     from rsir.retrieval.archive import RowBlock
     from rsir.retrieval.filters import MetadataTable
 
-    rows = table.drop_columns([c for c in ("embedding",) if c in table.column_names])
+    rows = table.drop_columns(["embedding"]) if "embedding" in table.column_names else table
     columns = {name: rows.column(name) for name in rows.column_names if name != "id"}
     return Part(version, start, RowBlock(rows), vectors, MetadataTable(columns, len(table)), dim, ann)
 
